@@ -1,0 +1,74 @@
+"""Input validation shared by every public function.
+
+Each check raises a ``ValueError``/``TypeError`` whose message names the argument, the expected
+form and what was passed, so that a user can act on it without reading the source.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_eps(eps, name: str = "eps") -> float | Tensor:
+    """Return ``eps`` (ε, the distortion) validated as a positive finite scalar or 1-D tensor."""
+    if isinstance(eps, bool):
+        raise TypeError(f"{name} must be a positive float, got bool {eps!r}")
+    if isinstance(eps, (int, float)):
+        if not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
+        return float(eps)
+    if isinstance(eps, Sequence) and not isinstance(eps, str):
+        eps = torch.tensor([float(e) for e in eps])
+    if isinstance(eps, Tensor):
+        if eps.ndim > 1:
+            raise ValueError(f"{name} must be a scalar or a 1-D tensor of per-subspace values, got shape {tuple(eps.shape)}")
+        if not bool(torch.isfinite(eps).all()) or not bool((eps > 0).all()):
+            raise ValueError(f"{name} must be finite and > 0, got {eps.tolist()}")
+        return eps.item() if eps.ndim == 0 else eps
+    raise TypeError(f"{name} must be a positive float (or one per subspace), got {type(eps).__name__}")
+
+
+def check_tokens(Z, name: str = "Z", *, check_finite: bool = True) -> Tensor:
+    """Validate a token set ``Z`` of shape ``(..., N, d)`` with ``N, d >= 1``, floating, finite."""
+    if not isinstance(Z, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., N, d), got {type(Z).__name__}")
+    if Z.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., N, d) with at least 2 dims, got shape {tuple(Z.shape)}")
+    if Z.shape[-2] == 0 or Z.shape[-1] == 0:
+        raise ValueError(f"{name} must hold a non-empty token set (N >= 1 tokens of d >= 1 features), got shape {tuple(Z.shape)}")
+    if not Z.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {Z.dtype}")
+    if check_finite and not bool(torch.isfinite(Z).all()):
+        bad = int((~torch.isfinite(Z)).sum())
+        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf entries (pass check_finite=False to skip this check)")
+    return Z
+
+
+def check_subspaces(U, d: int, name: str = "U") -> Tensor:
+    """Validate subspaces ``U`` of shape ``(K, d, p)`` against the token dimension ``d``."""
+    if not isinstance(U, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (K, d, p), got {type(U).__name__}")
+    if U.ndim != 3:
+        raise ValueError(f"{name} must have shape (K, d, p), got shape {tuple(U.shape)}")
+    if U.shape[1] != d:
+        raise ValueError(f"{name} must have shape (K, d={d}, p) to match the tokens' d={d}, got shape {tuple(U.shape)}")
+    if U.shape[0] == 0 or U.shape[2] == 0:
+        raise ValueError(f"{name} must hold K >= 1 subspaces of dimension p >= 1, got shape {tuple(U.shape)}")
+    return U
+
+
+def check_positive(value, name: str) -> float:
+    """Validate a positive finite scalar hyper-parameter (a step size, a scale)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(value, name: str) -> float:
+    """Validate a non-negative finite scalar (a penalty weight λ)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,92 @@
+"""In-memory image datasets: the fast path for small data trained with large CPU batches.
+
+:class:`TensorImageDataset` keeps a whole split as two tensors; :func:`as_tensors` hands them
+back without copying, and :func:`random_shift` augments a whole batch at once.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .info import DatasetInfo
+
+
+def random_shift(
+    images: torch.Tensor,
+    max_shift: int = 1,
+    *,
+    fill: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Translate each image by its own random offset in ``[-max_shift, max_shift]`` pixels.
+
+    ``images`` is ``(N, C, H, W)``; uncovered pixels take the value ``fill`` (the background).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return images
+    n, _, h, w = images.shape
+    s = max_shift
+    padded = torch.nn.functional.pad(images, (s, s, s, s), value=fill)  # (N, C, H+2s, W+2s)
+    dy, dx = torch.randint(0, 2 * s + 1, (2, n, 1), generator=generator, device="cpu").to(images.device)
+    rows = dy + torch.arange(h, device=images.device)  # (N, H)
+    cols = dx + torch.arange(w, device=images.device)  # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    shifted = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
+    return shifted.permute(0, 3, 1, 2).contiguous()
+
+
+class TensorImageDataset(TensorDataset):
+    """A split held as ``images`` ``(N, C, H, W)`` float and ``labels`` ``(N,)`` long tensors.
+
+    With ``augment=True`` each item is shifted by up to one pixel (:func:`random_shift`);
+    ``.tensors`` always holds the unaugmented data.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        info: DatasetInfo,
+        classes: list[str],
+        augment: bool = False,
+        fill: float = 0.0,
+    ) -> None:
+        if images.ndim != 4 or labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"images must be (N, C, H, W) and labels (N,), "
+                f"got {tuple(images.shape)} and {tuple(labels.shape)}"
+            )
+        super().__init__(images, labels)
+        self.info, self.classes = info, classes
+        self.augment, self.fill = augment, fill
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """The labels, under torchvision's name for them."""
+        return self.tensors[1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = super().__getitem__(index)
+        if self.augment:
+            image = random_shift(image[None], fill=self.fill)[0]
+        return image, label
+
+
+def as_tensors(dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole dataset as ``(images (N, C, H, W), labels (N,))``.
+
+    In-memory datasets return their tensors as they are (no copy, no augmentation); any other
+    dataset is read once, in order, through its own transform.
+    """
+    if isinstance(dataset, TensorDataset):
+        images, labels = dataset.tensors
+        return images, labels
+    batches = list(DataLoader(dataset, batch_size=batch_size, shuffle=False))
+    if not batches:
+        raise ValueError("dataset must not be empty")
+    return torch.cat([x for x, _ in batches]), torch.cat([torch.as_tensor(y) for _, y in batches])

@@ -1,0 +1,154 @@
+"""The sparse rate reduction objective as plain functions (MATH.md §2–3).
+
+Tokens are rows: ``Z`` has shape ``(..., N, d)``; subspaces ``U`` have shape ``(K, d, p)``;
+``eps`` is the distortion ε (never ε²). Every function returns one value per token set, shape
+``(...)``, and is differentiable (twice) with autograd.
+
+- (E1) ``coding_rate``             R(Z; ε)    = ½ logdet(I_d + α ZᵀZ),          α = d/(Nε²)
+- (E2) ``compressed_coding_rate``  R^c(Z; U)  = Σ_k ½ logdet(I_p + β A_kᵀA_k),   β = p/(Nε²), A_k = Z U_k
+- (E3) ``rate_reduction``          ΔR = R − R^c
+- (E4) ``sparse_rate_reduction``   μ_SRR = λ‖Z‖₀ + R^c − R   (the measure form, to minimise)
+- (E5), (E6) closed-form gradients ``coding_rate_grad``, ``compressed_coding_rate_grad``
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from srr._checks import check_eps, check_subspaces, check_tokens
+from srr.linalg import gram, logdet_identity_plus, solve_identity_plus, working_dtype
+
+
+def _promote(Z: Tensor) -> Tensor:
+    return Z.to(working_dtype(Z.dtype))
+
+
+def _project(Z: Tensor, U: Tensor) -> Tensor:
+    """``A_k = Z U_k`` for all k at once: ``(..., N, d), (K, d, p) -> (..., K, N, p)``."""
+    K, d, p = U.shape
+    A = Z @ U.permute(1, 0, 2).reshape(d, K * p)  # (..., N, K·p)
+    return A.unflatten(-1, (K, p)).transpose(-3, -2)  # (..., K, N, p)
+
+
+def _per_subspace_eps(eps, K: int, ref: Tensor):
+    """ε as a float, or as a ``(K,)`` tensor on ``ref``'s device when given per subspace."""
+    if isinstance(eps, Tensor):
+        if eps.shape != (K,):
+            raise ValueError(f"eps given per subspace must have shape ({K},) to match U's K={K}, got {tuple(eps.shape)}")
+        return eps.to(device=ref.device, dtype=ref.dtype)
+    return eps
+
+
+def coding_rate(Z: Tensor, eps: float, *, check_finite: bool = True) -> Tensor:
+    """(E1) ``R(Z; ε) = ½ logdet(I_d + α ZᵀZ)``, ``α = d/(Nε²)``. ``(..., N, d) -> (...)``.
+
+    Uses the smaller of the d×d and N×N Gram matrices (Sylvester), never both.
+    """
+    check_tokens(Z, "Z", check_finite=check_finite)
+    eps = check_eps(eps)
+    if isinstance(eps, Tensor):
+        raise ValueError(f"eps of coding_rate must be a single float, got a tensor of shape {tuple(eps.shape)}")
+    N, d = Z.shape[-2:]
+    with torch.autocast(Z.device.type, enabled=False):
+        Z = _promote(Z)
+        return 0.5 * logdet_identity_plus(gram(Z), d / (N * eps**2))
+
+
+def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = False,
+                           check_finite: bool = True) -> Tensor:
+    """(E2) ``R^c(Z; U, ε) = Σ_k ½ logdet(I_p + β A_kᵀA_k)``, ``β = p/(Nε²)``, ``A_k = Z U_k``.
+
+    ``Z (..., N, d)``, ``U (K, d, p)`` -> ``(...)``, or ``(..., K)`` with ``per_subspace=True``.
+    ``eps`` may be one float or K values (one ε per subspace). The K logdets are one batched
+    call; each uses the smaller of the p×p and N×N Gram matrices.
+    """
+    check_tokens(Z, "Z", check_finite=check_finite)
+    check_subspaces(U, Z.shape[-1])
+    eps = check_eps(eps)
+    K, _, p = U.shape
+    N = Z.shape[-2]
+    with torch.autocast(Z.device.type, enabled=False):
+        Z, U = _promote(Z), U.to(working_dtype(Z.dtype))
+        A = _project(Z, U)
+        beta = p / (N * _per_subspace_eps(eps, K, Z) ** 2)
+        per_head = 0.5 * logdet_identity_plus(gram(A), beta)  # (..., K)
+    return per_head if per_subspace else per_head.sum(-1)
+
+
+def rate_reduction(Z: Tensor, U: Tensor, eps: float, *, check_finite: bool = True) -> Tensor:
+    """(E3) ``ΔR(Z; U, ε) = R(Z; ε) − R^c(Z; U, ε)``. It has no fixed sign (see MATH.md E3)."""
+    R = coding_rate(Z, eps, check_finite=check_finite)
+    return R - compressed_coding_rate(Z, U, eps, check_finite=False)
+
+
+class Sparsity(NamedTuple):
+    """Sparsity of token sets, each of shape ``(...)``."""
+
+    zero_fraction: Tensor  # fraction of exactly-zero entries of Z
+    l0: Tensor  # ‖Z‖₀: number of non-zero entries
+    l1: Tensor  # ‖Z‖₁: sum of absolute values
+
+
+def sparsity(Z: Tensor) -> Sparsity:
+    """Exact-zero fraction, ‖Z‖₀ and ‖Z‖₁ of each token set ``(..., N, d)``, summed over N and d."""
+    check_tokens(Z, "Z", check_finite=False)
+    nonzero = (Z != 0).sum((-2, -1))
+    size = Z.shape[-2] * Z.shape[-1]
+    return Sparsity(1.0 - nonzero.to(torch.float64) / size, nonzero, Z.abs().sum((-2, -1)))
+
+
+def sparse_rate_reduction(Z: Tensor, U: Tensor, eps: float, lam: float = 0.1, *,
+                          check_finite: bool = True) -> Tensor:
+    """(E4) measure form, to minimise: ``μ_SRR(Z) = λ‖Z‖₀ + R^c(Z; U) − R(Z)``.
+
+    ‖Z‖₀ counts the non-zero entries of the whole token set (no normalisation) and carries no
+    gradient; as a training signal only ``R^c − R`` does.
+    """
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
+        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
+    reduction = rate_reduction(Z, U, eps, check_finite=check_finite)
+    l0 = (Z != 0).sum((-2, -1)).to(reduction.dtype)
+    return lam * l0 - reduction
+
+
+def coding_rate_grad(Z: Tensor, eps: float) -> Tensor:
+    """(E5) ``∇_Z R = α Z (I_d + α ZᵀZ)⁻¹ = α (I_N + α ZZᵀ)⁻¹ Z``, through the smaller system."""
+    check_tokens(Z, "Z")
+    eps = check_eps(eps)
+    N, d = Z.shape[-2:]
+    alpha = d / (N * eps**2)
+    if d <= N:
+        return alpha * solve_identity_plus(Z.mT @ Z, alpha, Z.mT).mT
+    return alpha * solve_identity_plus(Z @ Z.mT, alpha, Z)
+
+
+def compressed_coding_rate_grad(Z: Tensor, U: Tensor, eps, *, check_finite: bool = True) -> Tensor:
+    """(E6) ``∇_Z R^c = Σ_k β A_k (I_p + β A_kᵀA_k)⁻¹ U_kᵀ`` — one p×p solve per head, no N×N matrix."""
+    check_tokens(Z, "Z", check_finite=check_finite)
+    check_subspaces(U, Z.shape[-1])
+    eps = check_eps(eps)
+    K, d, p = U.shape
+    N = Z.shape[-2]
+    A = _project(Z, U)  # (..., K, N, p)
+    beta = p / (N * _per_subspace_eps(eps, K, Z) ** 2)
+    beta_t = beta[..., None, None] if isinstance(beta, Tensor) else beta
+    coeff = beta_t * solve_identity_plus(A.mT @ A, beta, A.mT).mT  # (..., K, N, p)
+    return coeff.transpose(-3, -2).flatten(-2) @ U.permute(0, 2, 1).reshape(K * p, d)
+
+
+def crate_vis_compressed_coding_rate(Z: Tensor, U: Tensor, eps_squared: float = 0.01) -> Tensor:
+    """R^c in the public CRATE visualisation code's convention — **not** ``compressed_coding_rate``.
+
+    That code passes ε² under the name ``eps`` (``p/(N·eps)``; eps=0.01 means ε=0.1) and
+    normalises each head's projected tokens ``A_k`` to unit ℓ2 norm per token before the logdet.
+    Here the argument is named for what it is: ``eps_squared``.
+    """
+    check_tokens(Z, "Z")
+    check_subspaces(U, Z.shape[-1])
+    eps = check_eps(eps_squared, "eps_squared") ** 0.5
+    K, _, p = U.shape
+    N = Z.shape[-2]
+    A = torch.nn.functional.normalize(_project(_promote(Z), U.to(working_dtype(Z.dtype))), dim=-1)
+    return (0.5 * logdet_identity_plus(gram(A), p / (N * eps**2))).sum(-1)
