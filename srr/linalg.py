@@ -32,7 +32,7 @@ def _identity_plus(G: Tensor, scale) -> Tensor:
 
 
 def _cholesky_logdet(M: Tensor) -> Tensor:
-    L = torch.linalg.cholesky(M)
+    L = torch.linalg.cholesky_ex(M)[0]  # only non-finite input can still fail here: NaN in, NaN out
     return 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 

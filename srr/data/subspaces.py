@@ -64,7 +64,8 @@ def make_subspaces(
     at most one. Returns ``(X (n, dim), labels (n,), bases (K, dim, p))``; with ``noise=0``
     every row of ``X`` lies exactly in ``span(bases[label])``.
     """
-    for name, value in (("n", n), ("dim", dim), ("num_subspaces", num_subspaces), ("subspace_dim", subspace_dim)):
+    sizes = {"n": n, "dim": dim, "num_subspaces": num_subspaces, "subspace_dim": subspace_dim}
+    for name, value in sizes.items():
         _positive_int(name, value)
     if subspace_dim > dim:
         raise ValueError(f"subspace_dim must be <= dim={dim}, got {subspace_dim}")

@@ -167,6 +167,8 @@ def _column(table: Sequence[Mapping], key: str, name: str, *, numeric: bool) -> 
                 raise TypeError(f"{name} {key!r} must be a number in every row, row {index} has {value!r}") from error
             if math.isnan(value):
                 raise ValueError(f"{name} {key!r} is NaN in table row {index}; drop or fix that model first")
+        elif isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()  # tensors hash by identity; group by value
         elif not isinstance(value, Hashable):
             raise TypeError(f"hyperparameter {key!r} must have hashable values, row {index} has {type(value).__name__}")
         values.append(value)
@@ -296,9 +298,11 @@ def to_rich_table(results: Sequence[GranulatedKendall], *, title: str | None = N
 
     header, rows = comparison_rows(results)
     table = Table(title=title)
-    table.add_column(header[0])
-    for name in header[1:]:
-        table.add_column(name.replace("psi", "ψ").replace("Psi", "Ψ").replace("tau", "τ"), justify="right")
+    table.add_column("measure")
+    table.add_column("τ", justify="right")
+    for name in header[2:-1]:
+        table.add_column(f"ψ{name[len('psi'):]}", justify="right")  # "psi[lr]" -> "ψ[lr]"
+    table.add_column("Ψ", justify="right")
     for row in rows:
         table.add_row(row[0], *(f"{v:.{digits}f}" for v in row[1:]))
     return table

@@ -40,6 +40,8 @@ def _build(node: ast.AST, text: str):
     if isinstance(node, ast.Name):
         return _term(node.id, {}, text)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if node.func.id not in TERMS:
+            return _term(node.func.id, {}, text)  # raises: unknown term
         if node.args:
             raise ValueError(f"objective {text!r}: give term arguments by name, e.g. Rc(eps=0.5), got {ast.unparse(node)!r}")
         return _term(node.func.id, {k.arg: _constant(k.value, text) for k in node.keywords}, text)

@@ -1,0 +1,27 @@
+"""Datasets for `srr`: embedded ``digits``, synthetic ``subspaces``, CIFAR, MNIST, ImageFolder.
+
+``load_dataset(name, split=...)`` returns a ``torch.utils.data.Dataset`` of
+``(image (C, H, W), label)`` carrying ``.info`` (:class:`DatasetInfo`) and ``.classes``;
+``make_loader`` gives it a reproducible, resumable order. Depends only on torch, torchvision
+and scikit-learn (the last two imported lazily).
+"""
+from .info import DatasetInfo, DatasetNotFoundError
+from .registry import dataset_info, list_datasets, load_dataset, register_dataset
+from .sampler import EpochSampler, make_loader
+from .subspaces import make_subspaces
+from .tensors import TensorImageDataset, as_tensors, random_shift
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "EpochSampler",
+    "TensorImageDataset",
+    "as_tensors",
+    "dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "make_loader",
+    "make_subspaces",
+    "random_shift",
+    "register_dataset",
+]

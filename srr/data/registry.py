@@ -1,0 +1,90 @@
+"""The dataset registry: ``load_dataset(name, ...)``, ``dataset_info(name, ...)``, ``list_datasets()``.
+
+Each entry pairs a loader ``load(split, *, data_dir, download, augment, image_size, seed, **kw)``
+with ``info(*, data_dir, image_size, **kw)``, both taking the same dataset-specific ``kw``, so
+``dataset_info(name, data_dir=d, image_size=s, **kw) == load_dataset(name, data_dir=d,
+image_size=s, **kw).info``.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+from .cifar import FORMATS as CIFAR_FORMATS, cifar_info, load_cifar
+from .digits import digits_info, load_digits
+from .imagefolder import imagefolder_info, load_imagefolder
+from .info import DatasetInfo
+from .mnist import FORMATS as MNIST_FORMATS, load_mnist, mnist_info
+from .subspaces import load_subspaces, subspaces_info
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """How to load one registered dataset and how to describe it without loading it."""
+
+    load: Callable[..., Dataset]
+    info: Callable[..., DatasetInfo]
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, load: Callable[..., Dataset], info: Callable[..., DatasetInfo]) -> None:
+    """Make ``name`` loadable; the dataset ``load`` returns must carry ``.info`` and ``.classes``."""
+    if name in _REGISTRY:
+        raise ValueError(f"dataset name must be new, got {name!r}, which is already registered")
+    _REGISTRY[name] = DatasetEntry(load, info)
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> DatasetEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"dataset must be one of {list_datasets()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def dataset_info(name: str, *, data_dir=None, image_size: int | None = None, **kw) -> DatasetInfo:
+    """Metadata of ``name`` under the options ``load_dataset`` would get, without loading it."""
+    return _entry(name).info(data_dir=data_dir, image_size=image_size, **kw)
+
+
+def load_dataset(
+    name: str,
+    *,
+    split: str = "train",
+    data_dir=None,
+    download: bool = False,
+    augment: bool = False,
+    image_size: int | None = None,
+    seed: int = 0,
+    **kw,
+) -> Dataset:
+    """The ``split`` (``"train"`` or ``"test"``) of dataset ``name``; see :func:`list_datasets`.
+
+    Items are ``(image (C, H, W) float, label)``; the dataset carries ``.info`` and
+    ``.classes``. ``data_dir`` (default ``$SRR_DATA_DIR`` or ``./data``) holds file-backed
+    datasets; ``download`` fetches missing ones; ``augment`` applies the dataset's standard
+    training augmentation; ``image_size`` resizes; ``seed`` fixes synthetic data. ``kw`` are
+    dataset-specific (``subspaces``: ``num_subspaces``, ``subspace_dim``, ``noise``,
+    ``num_train``, ``num_test``). Missing files raise :class:`DatasetNotFoundError`.
+    """
+    return _entry(name).load(
+        split, data_dir=data_dir, download=download, augment=augment,
+        image_size=image_size, seed=seed, **kw,
+    )
+
+
+register_dataset("digits", load_digits, digits_info)
+register_dataset("subspaces", load_subspaces, subspaces_info)
+register_dataset("imagefolder", load_imagefolder, imagefolder_info)
+for _name in CIFAR_FORMATS:
+    register_dataset(_name, functools.partial(load_cifar, _name), functools.partial(cifar_info, _name))
+for _name in MNIST_FORMATS:
+    register_dataset(_name, functools.partial(load_mnist, _name), functools.partial(mnist_info, _name))
