@@ -1,0 +1,58 @@
+"""What ``srr eval`` and ``srr measure`` share: a checkpoint (or run folder) → model + its data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or a run folder's ``checkpoints/latest.pt``."""
+    if path.is_dir():
+        latest = path / "checkpoints" / "latest.pt"
+        if not latest.is_file():
+            raise FileNotFoundError(f"{path} is a folder but not a run folder with a checkpoint: "
+                                    f"no {latest}; pass a .pt file or the --out of an srr train run")
+        return latest
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_model(path: Path, device):
+    """``(model in eval mode on device, the TrainConfig dict it was trained with or None)``."""
+    from srr.models import create_model, read_checkpoint
+
+    path = resolve_checkpoint(path)
+    obj = read_checkpoint(path)
+    model = create_model(checkpoint=path).to(device).eval()
+    extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+    return model, extra.get("train_config")
+
+
+def load_split(model, train_config: dict | None, *, split: str, dataset: str | None, data_dir, download: bool):
+    """The ``split`` (train, val, test) of the dataset ``model`` was trained on (or ``dataset``),
+    un-augmented, at the model's image size."""
+    from srr.data import load_dataset
+    from srr.train import TrainConfig
+    from srr.train.data import load_run_data
+
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be one of train, val, test, got {split!r}")
+    name = dataset or (train_config or {}).get("dataset")
+    if name is None:
+        raise ValueError("the checkpoint does not say which dataset it was trained on; pass --dataset")
+    data_dir = str(data_dir) if data_dir is not None else (train_config or {}).get("data_dir")
+    image_size = model.config.image_size
+    if split == "val":
+        if train_config is None:
+            raise ValueError("split 'val' is carved out of the training split by srr train; this checkpoint "
+                             "has no training config, so use --split train or --split test")
+        config = TrainConfig.from_dict(train_config).replace(
+            dataset=name, data_dir=data_dir, download=download, image_size=image_size, augment=False,
+            measure_samples=0, train_subset=None)
+        val = load_run_data(config).val
+        if val is None:
+            raise ValueError("the run had no validation split (val_fraction=0); use --split test")
+        return val
+    seed = (train_config or {}).get("seed", 0)
+    return load_dataset(name, split=split, data_dir=data_dir, download=download, augment=False,
+                        image_size=image_size, seed=seed)

@@ -1,0 +1,51 @@
+"""The CLI's error boundary: errors a user can act on become one red line and an exit code,
+never a traceback. Unexpected exceptions (bugs) still show theirs; ``SRR_DEBUG=1`` shows every
+traceback."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+USAGE = 2  # a bad option value or name (click's convention)
+FAILED = 1  # the command could not do its work (missing files, unreadable checkpoint, diverged run)
+INTERRUPTED = 130  # stopped by a signal after saving
+
+
+def stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def stdout() -> Console:
+    return Console(soft_wrap=False)
+
+
+def fail(message: str, code: int = FAILED) -> typer.Exit:
+    """Print ``message`` as one red line on stderr; return the ``typer.Exit`` to raise."""
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    stderr().print(f"[bold red]error:[/] {escape(text)}")
+    return typer.Exit(code=code)
+
+
+@contextlib.contextmanager
+def user_errors(code: int = FAILED):
+    """Turn the library's user-facing exceptions raised inside the block into :func:`fail`."""
+    from srr.train.errors import NonFiniteLossError, TrainingInterrupted
+
+    if os.environ.get("SRR_DEBUG"):
+        yield
+        return
+    try:
+        yield
+    except TrainingInterrupted as error:
+        stderr().print(f"[bold yellow]interrupted:[/] {escape(str(error))}")
+        raise typer.Exit(code=INTERRUPTED) from None
+    except NonFiniteLossError as error:
+        raise fail(str(error), FAILED) from None
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        raise fail(str(error), code) from None
+    except OSError as error:
+        raise fail(f"{type(error).__name__}: {error}", FAILED) from None

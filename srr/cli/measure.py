@@ -1,0 +1,69 @@
+"""``srr measure CHECKPOINT``: the layer-wise SRR table of a trained model (HU24 §5, E1–E4) and
+its PNG plots, through :func:`srr.measure.measure`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import USAGE, stdout, user_errors
+
+FORMATS = ("table", "csv", "json")
+
+
+def default_out(checkpoint: Path) -> Path:
+    """``<run>/measure`` for a run's checkpoint, else ``<stem>-measure`` beside the file."""
+    if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / "config.json").is_file():
+        return checkpoint.parent.parent / "measure"
+    return checkpoint.with_name(f"{checkpoint.stem}-measure")
+
+
+def measure_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
+    split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
+    samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
+    eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
+    lam: Annotated[float, typer.Option(help="λ of the sparsity term of μ_SRR.")] = 0.1,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset. Default: the one the checkpoint was trained on.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download the dataset if its files are missing.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the forward passes.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for measure.png, .csv and .json. Default: <run>/measure.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="What to print: table, csv or json.")] = "table",
+) -> None:
+    """Per-layer R, R^c, ΔR, sparsity and μ_SRR of a trained model, with PNG plots."""
+    from srr.measure import measure
+    from srr.train.distributed import resolve_device
+
+    from .checkpoints import load_model, load_split, resolve_checkpoint
+
+    with user_errors(USAGE):
+        if fmt not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        for name, value in (("samples", samples), ("batch-size", batch_size)):
+            if value < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {value}")
+    with user_errors():
+        dev = resolve_device(device)
+        path = resolve_checkpoint(checkpoint)
+        model, train_config = load_model(path, dev)
+        data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
+        table = measure(model, data, eps=eps, lam=lam, limit=samples, batch_size=batch_size, device=dev,
+                        progress=fmt == "table")
+        folder = out or default_out(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        table.info.update(split=split, checkpoint=str(path))
+        table.to_csv(folder / "measure.csv")
+        table.to_json(folder / "measure.json")
+        plot = table.plot(folder / "measure.png")
+    console = stdout()
+    if fmt == "csv":
+        typer.echo(table.to_csv(), nl=False)
+    elif fmt == "json":
+        typer.echo(table.to_json())
+    else:
+        console.print(table.to_rich_table())
+        console.print(f"model μ_SRR (mean over layers of the output tokens): {table.srr:.4f}", highlight=False)
+        console.print(f"wrote {plot}, {folder / 'measure.csv'}, {folder / 'measure.json'}", highlight=False)

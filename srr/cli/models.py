@@ -1,0 +1,60 @@
+"""``srr models``: the model registry and the CRATE variants, as tables."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .errors import stdout, user_errors
+
+
+def model_rows(pattern: str = "*") -> list[dict]:
+    """One row per registered model matching ``pattern``: its default config and parameter count.
+
+    Models are built on the ``meta`` device, so no memory is allocated and no weights initialised.
+    """
+    import torch
+
+    from srr.models import create_model, list_models
+
+    rows = []
+    for name in list_models(pattern):
+        with torch.device("meta"):
+            model = create_model(name)
+        c = model.config
+        rows.append({"name": name, "dim": c.dim, "depth": c.depth, "heads": c.heads, "head_dim": c.head_dim,
+                     "image_size": c.image_size, "patch_size": c.patch_size, "in_chans": c.in_chans,
+                     "num_classes": c.num_classes, "variant": c.variant,
+                     "params": sum(p.numel() for p in model.parameters())})
+    return rows
+
+
+def models_command(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter on model names, e.g. 'crate_*'.")] = "*",
+    variants: Annotated[bool, typer.Option("--variants/--no-variants", help="Also list the CRATE variants.")] = True,
+) -> None:
+    """The model registry as a table (sizes at each model's default image size and classes)."""
+    from srr.models import VARIANTS
+
+    with user_errors():
+        rows = model_rows(pattern)
+    console = stdout()
+    if not rows:
+        console.print(f"no registered model matches {pattern!r}")
+        raise typer.Exit(code=1)
+    table = Table(title="srr models", header_style="bold")
+    for column in ("name", "d", "depth", "heads K", "head dim p", "image", "patch", "classes", "params"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for r in rows:
+        table.add_row(r["name"], str(r["dim"]), str(r["depth"]), str(r["heads"]), str(r["head_dim"]),
+                      f"{r['image_size']}×{r['image_size']}×{r['in_chans']}", str(r["patch_size"]),
+                      str(r["num_classes"]), f"{r['params'] / 1e6:.2f}M")
+    console.print(table)
+    if variants:
+        vt = Table(title="variants (--variant)", header_style="bold")
+        vt.add_column("variant")
+        vt.add_column("compression output / description")
+        for name, text in VARIANTS.items():
+            vt.add_row(name, text)
+        console.print(vt)

@@ -1,0 +1,171 @@
+"""ISTA: the sparsification step of CRATE, hand-optimised (MATH.md §4.2, E10, E10'; YU23 eq. 13).
+
+``ISTA``: one proximal-gradient step on ``½‖x − Da‖² + λ‖a‖₁ + ι(a ≥ 0)`` from ``a₀ = x``, square
+dictionary ``D`` (public key ``fn.weight``), no residual (E10):
+
+    ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x + x M − ηλ),   M = η (D − DᵀD)      (E10')
+
+The public code spends three token-wise matmuls (``x Dᵀ``, ``(x Dᵀ) D``, ``x D``); here ``M`` is
+formed once per call (d³, independent of the number of tokens) and the tokens see **one** matmul,
+with the identity part and the threshold fused into its epilogue (``addmm``; on CUDA the Triton
+kernel of ``srr.layers.triton_ista``). ``nonnegative=False`` drops ``ι(a ≥ 0)``: soft thresholding.
+
+``OvercompleteISTA`` (CRATE-α): an overcomplete ``D (d, m)``, ``steps`` ISTA steps from ``a = 0``
+and a separate decoder ``D₁ (d, m)``: returns ``A D₁ᵀ`` (the CRATE-α block adds it to its input;
+``residual=True`` adds ``x`` here instead).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from srr.derive import derive_step
+from srr.layers import triton_ista
+from srr.objective import L1, LeastSquares, NonNegative
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _public_init(*shape: int) -> Tensor:
+    return nn.init.kaiming_uniform_(torch.empty(*shape))  # a=0, as model/crate.py and CRATE-α
+
+
+def _check_number(value, name: str, *, positive: bool) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def _value(x) -> float:
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
+def _lasso_step(*, nonnegative: bool):
+    """The derived proximal step on ``½‖X − ZDᵀ‖² + ‖Z‖₁ (+ ι≥0)``; λ enters as ``prox_scale``."""
+    objective = LeastSquares() + L1(lam=1.0) + (NonNegative() if nonnegative else 0)
+    return derive_step(objective, step_size=1.0)
+
+
+class ISTA(nn.Module):
+    """One ISTA step (E10) from the input: ``x (..., N, d) -> (..., N, d)``, ≥ 0 unless ``nonnegative=False``.
+
+    ``step_size`` η and ``lam`` λ are floats, or ``nn.Parameter``s with ``learnable=True``.
+    ``backend``: ``"auto"`` (Triton on CUDA when available, else torch), ``"torch"``, ``"triton"``.
+    """
+
+    def __init__(self, dim: int, *, step_size: float = 0.1, lam: float = 0.1, learnable: bool = False,
+                 nonnegative: bool = True, backend: str = "auto"):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.dim, self.nonnegative, self.backend, self.learnable = dim, bool(nonnegative), backend, bool(learnable)
+        step_size = _check_number(step_size, "step_size", positive=True)
+        lam = _check_number(lam, "lam", positive=False)
+        if self.learnable:
+            self.step_size = nn.Parameter(torch.tensor(step_size))
+            self.lam = nn.Parameter(torch.tensor(lam))
+        else:
+            self.step_size, self.lam = step_size, lam
+        self.weight = nn.Parameter(_public_init(dim, dim))  # D: (d, d)
+
+    @property
+    def dictionary(self) -> Tensor:
+        """``D (d, d)``."""
+        return self.weight
+
+    def effective_matrix(self) -> Tensor:
+        """(E10') ``M = η (D − DᵀD)``, so that the step is ``prox(x + x M − ηλ)``; float32 or wider."""
+        D = self.weight
+        with torch.autocast(D.device.type, enabled=False):
+            D = D if D.dtype == torch.float64 else D.float()
+            return (D - D.mT @ D) * self.step_size  # (d, d)
+
+    def threshold(self) -> Tensor | float:
+        return self.step_size * self.lam
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
+        M = self.effective_matrix()
+        x2 = x.reshape(-1, self.dim)  # (T, d)
+        t = self.threshold()
+        if self._use_triton(x):
+            dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+            x2 = x2.to(dtype)
+            y = triton_ista.ista_triton(x2, M.to(dtype), t, nonnegative=self.nonnegative)
+        else:
+            v = torch.addmm(x2, x2, M.to(x2.dtype) if not torch.is_autocast_enabled(x.device.type) else M)  # x + x M
+            y = torch.relu_(v.sub_(t)) if self.nonnegative else torch.sign(v) * torch.relu(v.abs() - t)
+        return y.reshape(*x.shape[:-1], self.dim)
+
+    def _use_triton(self, x: Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            if not triton_ista.available(x):
+                raise RuntimeError(f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on the CPU), "
+                                   f"got a {x.device.type} tensor of {x.dtype}; triton installed: {triton_ista.triton is not None}")
+            return True
+        return x.is_cuda and triton_ista.available(x)
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The derived step: ``derive_step(LeastSquares() + L1(λ) + NonNegative(), η)(x, X=x, D=D)``."""
+        step = _lasso_step(nonnegative=self.nonnegative)
+        return step.apply(x, {"X": x, "D": self.weight}, step_size=self.step_size, prox_scale=self.lam)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, step_size={_value(self.step_size):.4g}, lam={_value(self.lam):.4g}, "
+                f"learnable={self.learnable}, nonnegative={self.nonnegative}, backend={self.backend!r}")
+
+
+class OvercompleteISTA(nn.Module):
+    """CRATE-α sparsification: ``steps`` ISTA steps from ``a = 0`` with ``D (d, m)``, ``m = expansion·d``,
+    then the decoder: ``x (..., N, d) -> A D₁ᵀ (..., N, d)`` (``x + A D₁ᵀ`` with ``residual=True``).
+
+    Each step is ``a ← ReLU(a + η (x − a Dᵀ) D − ηλ)``; ``η xD`` is computed once and reused.
+    """
+
+    def __init__(self, dim: int, *, expansion: int = 4, steps: int = 2, step_size: float = 0.1, lam: float = 0.1,
+                 residual: bool = False):
+        super().__init__()
+        for name, v in (("dim", dim), ("expansion", expansion), ("steps", steps)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.dim, self.expansion, self.steps, self.residual = dim, expansion, steps, bool(residual)
+        self.step_size = _check_number(step_size, "step_size", positive=True)
+        self.lam = _check_number(lam, "lam", positive=False)
+        self.D = nn.Parameter(_public_init(dim, expansion * dim))  # encoder dictionary (d, m)
+        self.D1 = nn.Parameter(_public_init(dim, expansion * dim))  # decoder (d, m)
+
+    @property
+    def dictionary(self) -> Tensor:
+        """``D (d, m)``."""
+        return self.D
+
+    def codes(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, m)
+        eta, t = self.step_size, self.step_size * self.lam
+        s = (x @ self.D) * eta  # η x D: (..., N, m)
+        a = torch.relu(s - t)  # the first step from a = 0
+        for _ in range(self.steps - 1):
+            a = torch.relu(a + s - eta * ((a @ self.D.mT) @ self.D) - t)  # (..., N, m)
+        return a
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
+        out = self.codes(x) @ self.D1.mT
+        return x + out if self.residual else out
+
+    def reference(self, x: Tensor) -> Tensor:
+        """``steps`` derived steps on ``½‖x − aDᵀ‖² + λ‖a‖₁ + ι(a ≥ 0)`` from ``a = 0``, then the decoder."""
+        step = _lasso_step(nonnegative=True)
+        a = x.new_zeros(*x.shape[:-1], self.D.shape[1])
+        for _ in range(self.steps):
+            a = step.apply(a, {"X": x, "D": self.D}, step_size=self.step_size, prox_scale=self.lam)
+        out = a @ self.D1.mT
+        return x + out if self.residual else out
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, expansion={self.expansion}, steps={self.steps}, step_size={self.step_size:.4g}, "
+                f"lam={self.lam:.4g}, residual={self.residual}")

@@ -1,0 +1,91 @@
+"""Coding rates of a token set spread over ``torch.distributed`` ranks (MATH.md §6, last paragraph).
+
+R (E1) is not linear in the tokens, so the mean of per-rank rates is **not** the rate of the
+global batch. Both rates are functions of the d×d Gram matrix ``G = FᵀF = Σ_ranks F_rᵀF_r``:
+
+- (E1) ``R   = ½ logdet(I_d + α G)``,        ``α = d/(n ε²)``
+- (E2) ``R^c = Σ_k ½ logdet(I_p + β U_kᵀ G U_k)``, ``β = p/(n ε²)``  (``U_kᵀGU_k = A_kᵀA_k``)
+
+so one differentiable all-reduce of ``G`` (and of the global count ``n``) gives the global rates
+on every rank. ``rates_from_gram`` evaluates them with :func:`srr.linalg.logdet_identity_plus`.
+
+Gradient convention (the one DDP assumes of every loss): every rank returns the global value;
+the all-reduce's backward sums the (identical) upstream gradients over ranks, so the gradient
+w.r.t. a rank's local inputs is ``world_size ×`` the single-process gradient w.r.t. those inputs —
+exactly like a per-rank mean cross-entropy. After DDP averages parameter gradients over ranks,
+they equal those of one process on the concatenated batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from srr._checks import check_eps, check_subspaces
+from srr.linalg import logdet_identity_plus, working_dtype
+
+__all__ = ["all_reduce_sum", "global_gram", "global_mean", "is_distributed", "rates_from_gram"]
+
+
+def is_distributed(group=None) -> bool:
+    """True when a process group is initialised and holds more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
+    """Sum over ranks, differentiable (``torch.distributed.nn``); the identity on one process."""
+    if not is_distributed(group):
+        return tensor
+    from torch.distributed.nn.functional import all_reduce
+
+    if tensor.requires_grad:
+        return all_reduce(tensor, group=group or dist.group.WORLD)
+    tensor = tensor.clone()
+    dist.all_reduce(tensor, group=group)
+    return tensor
+
+
+def global_gram(F: Tensor, group=None) -> tuple[Tensor, int]:
+    """``(FᵀF summed over ranks (d, d), global number of rows n)`` for features ``F (n_local, d)``.
+
+    The Gram matrix is formed in float32 (at least) with autocast off, then all-reduced.
+    """
+    if F.ndim != 2:
+        raise ValueError(f"F must have shape (n, d) (one feature row per sample), got shape {tuple(F.shape)}")
+    with torch.autocast(F.device.type, enabled=False):
+        F = F.to(working_dtype(F.dtype))
+        G = all_reduce_sum(F.mT @ F, group)  # (d, d)
+    n = all_reduce_sum(torch.tensor(float(F.shape[0]), device=F.device), group)
+    return G, int(n.item())
+
+
+def global_mean(values: Tensor, group=None) -> Tensor:
+    """Mean of ``values (n_local,)`` over the rows of all ranks: all-reduced sum / global count."""
+    total = all_reduce_sum(values.sum(), group)
+    count = all_reduce_sum(torch.tensor(float(values.numel()), device=values.device), group)
+    return total / count
+
+
+def rates_from_gram(G: Tensor, n: int, U: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(R, R^c)`` (E1, E2) of ``n`` tokens whose Gram matrix is ``G = ZᵀZ (..., d, d)``.
+
+    Equal to ``coding_rate(Z, eps)`` and ``compressed_coding_rate(Z, U, eps)`` for the Z that
+    produced G; U is ``(K, d, p)``. Works on any G, e.g. one summed over ranks.
+    """
+    eps = check_eps(eps)
+    if isinstance(eps, Tensor):
+        raise ValueError(f"eps of rates_from_gram must be a single float, got a tensor of shape {tuple(eps.shape)}")
+    if G.ndim < 2 or G.shape[-1] != G.shape[-2]:
+        raise ValueError(f"G must be a square Gram matrix (..., d, d), got shape {tuple(G.shape)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the number of tokens behind G) must be an int >= 1, got {n!r}")
+    d = G.shape[-1]
+    check_subspaces(U, d)
+    K, _, p = U.shape
+    with torch.autocast(G.device.type, enabled=False):
+        G = G.to(working_dtype(G.dtype))
+        U = U.to(G.dtype)
+        R = 0.5 * logdet_identity_plus(G, d / (n * eps**2))
+        G_heads = U.mT @ G.unsqueeze(-3) @ U  # (..., K, p, p) = A_kᵀA_k
+        Rc = 0.5 * logdet_identity_plus(G_heads, p / (n * eps**2)).sum(-1)
+    return R, Rc

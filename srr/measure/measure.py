@@ -1,0 +1,194 @@
+"""``measure``: per-layer R, R^c, ΔR, sparsity and μ_SRR of a model over a data set (HU24 §5).
+
+For a CRATE model (``srr.models``) every layer ℓ is measured at three sites, from one
+``forward_intermediates`` pass: ``mssa_in`` = Z^ℓ (the block input, what the MSSA's LayerNorm
+receives), ``half`` = Z^{ℓ+½} and ``out`` = Z^{ℓ+1}, all with the layer's own subspaces
+``U^ℓ = block.subspaces`` (the qkv weight split into heads).
+
+"LayerNorm removed when evaluating" (MATH.md §5) is taken literally: the tokens measured are
+the raw residual-stream tokens Z, never LN(Z), and U^ℓ is applied to them directly even though
+the model applies it to LN₁(Z^ℓ).
+
+Any other model: the outputs of its layers (``layers``, default: srr/measure/tokens.py
+``default_sites``) by forward hooks, with subspaces from a policy (srr/measure/subspaces.py).
+
+Values are per-sample (each image's N tokens are one token set, the papers' form) and averaged
+over all samples; the model-level μ_SRR (HU24) is ``Measurement.srr``, the mean over layers of
+μ_SRR at ``out``. R is computed once per distinct token set (Z^{ℓ+1} is also layer ℓ+1's input).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from srr._checks import check_eps, check_nonnegative
+from srr.measure.subspaces import check_policy_subspaces, make_policy
+from srr.measure.table import SITES, Measurement, MeasurementRow
+from srr.measure.terms import SRRTerms, sample_terms
+from srr.measure.tokens import TokenCapture, as_sites, is_crate
+from srr.rates import coding_rate
+
+__all__ = ["measure"]
+
+_PARTS = SRRTerms._fields  # R, Rc, l0, l1, zero_fraction, srr
+
+
+def _batches(data, batch_size: int) -> Iterable:
+    if isinstance(data, Tensor):
+        return data.split(batch_size)
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and not isinstance(data, DataLoader):
+        return DataLoader(data, batch_size=batch_size, shuffle=False)
+    if isinstance(data, Iterable):
+        return data
+    raise TypeError(f"data must be a DataLoader, a Dataset, an iterable of batches or a tensor of images, got {type(data).__name__}")
+
+
+def _images(batch) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+    if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
+        return batch["image"], batch.get("label")
+    raise TypeError(f"each batch must be images (B, C, H, W) or a tuple (images, labels, ...), got {type(batch).__name__}")
+
+
+class _Accumulator:
+    """Float64 running sums of every part, per (layer, site, module)."""
+
+    def __init__(self):
+        self.sums: dict[tuple[int, str, str], Tensor] = {}
+        self.count = 0
+
+    def add(self, layer: int, site: str, module: str, terms: SRRTerms) -> None:
+        sums = torch.stack([t.double().sum() for t in terms])  # (6,)
+        key = (layer, site, module)
+        self.sums[key] = self.sums[key] + sums if key in self.sums else sums
+
+    def rows(self) -> list[MeasurementRow]:
+        rows = []
+        for (layer, site, module), sums in self.sums.items():
+            v = dict(zip(_PARTS, (sums / self.count).tolist()))
+            if any(math.isnan(x) or math.isinf(x) for x in v.values()):
+                raise ValueError(f"tokens of layer {layer} ({site}, {module}) were not finite (NaN/Inf values): "
+                                 f"no rate can be measured; check the model and the data")
+            rows.append(MeasurementRow(layer=layer, site=site, module=module, R=v["R"], Rc=v["Rc"],
+                                       dR=v["R"] - v["Rc"], zero_fraction=v["zero_fraction"], l0=v["l0"],
+                                       l1=v["l1"], srr=v["srr"]))
+        return rows
+
+
+def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names) -> None:
+    _, layers = model.forward_intermediates(x)
+    subspaces = model.layer_subspaces()
+    R_in = None
+    for ell, (tokens, U) in enumerate(zip(layers, subspaces)):
+        Z = torch.stack([tokens.input, tokens.half, tokens.output])  # (3, B, N, d)
+        if R_in is None:  # Z^0; later layers' inputs are the previous outputs
+            R_in = coding_rate(tokens.input, eps, check_finite=False)
+        R_new = coding_rate(Z[1:], eps, check_finite=False)  # (2, B)
+        terms = sample_terms(Z, U.detach(), eps=eps, lam=lam, R=torch.cat([R_in[None], R_new]))  # each (3, B)
+        for i, site in enumerate(SITES):
+            acc.add(ell, site, names[ell], SRRTerms(*(t[i] for t in terms)))
+        R_in = R_new[1]
+
+
+def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layers=None, subspaces="model",
+            batch_size: int = 256, limit: int | None = None, device: torch.device | str | None = None,
+            autocast: torch.dtype | None = None, progress: bool = True) -> Measurement:
+    """Per-layer μ_SRR and its parts over ``data``, as a :class:`~srr.measure.table.Measurement`.
+
+    - ``data``: a DataLoader or iterable of batches (images, or ``(images, labels, ...)``), a Dataset
+      (batched by ``batch_size``) or a tensor of images.
+    - ``eps`` ε, ``lam`` λ of (E4); ``limit``: stop after this many samples.
+    - ``layers`` / ``subspaces``: for models other than CRATE (see the module docstring); for a
+      CRATE model ``layers=None`` and ``subspaces="model"`` (its own U^ℓ).
+    - ``autocast``: a dtype to run the model's forward under ``torch.autocast`` (rates stay in float32).
+    - ``progress``: a rich progress bar.
+
+    Values stay on the device until the end (no per-batch host synchronisation); non-finite
+    tokens raise a ValueError naming the layer when the table is assembled.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    eps = check_eps(eps)
+    lam = check_nonnegative(lam, "lam")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an int >= 1 (a number of samples), got {limit!r}")
+    if device is None:
+        device = next(model.parameters()).device
+    crate = is_crate(model) and layers is None and isinstance(subspaces, str) and subspaces == "model"
+    names = {id(m): n for n, m in model.named_modules()}
+    acc = _Accumulator()
+    capture = policy = None
+    if crate:
+        crate_names = [names[id(b)] for b in model.blocks()]
+    else:
+        sites = as_sites(model, layers)
+        modules = dict(model.named_modules())
+        policy = make_policy(subspaces, model)
+        policy.bind(model, [modules[s.module] for s in sites])
+        capture = TokenCapture(model, sites, detach=True)
+    batches = _batches(data, batch_size)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _progress(progress, total) as advance:
+            for batch in batches:
+                x, y = _images(batch)
+                if limit is not None:
+                    x, y = x[: limit - acc.count], (y[: limit - acc.count] if y is not None else None)
+                x = x.to(device, non_blocking=True)
+                with torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None):
+                    if crate:
+                        _measure_crate(model, x, acc, eps=eps, lam=lam, names=crate_names)
+                    else:
+                        capture.clear()
+                        model(x)
+                if not crate:
+                    tokens = [capture.tokens[s.label] for s in sites]
+                    if policy.needs_fit:
+                        policy.fit(tokens, y)
+                    for i, (site, Z) in enumerate(zip(sites, tokens)):
+                        U = check_policy_subspaces(policy.subspaces(i), Z.shape[-1], site.label).detach()
+                        acc.add(i, "out", site.label, sample_terms(Z, U, eps=eps, lam=lam))
+                acc.count += len(x)
+                advance()
+                if limit is not None and acc.count >= limit:
+                    break
+    finally:
+        model.train(was_training)
+        if capture is not None:
+            capture.close()
+    if acc.count == 0:
+        raise ValueError("data yielded no samples to measure")
+    info = {"model": type(model).__name__ if getattr(getattr(model, "config", None), "name", None) is None
+            else model.config.name, "samples": acc.count, "eps": eps, "lam": lam, "scope": "sample",
+            "subspaces": "model" if crate else type(policy).__name__}
+    return Measurement(acc.rows(), info=info)
+
+
+class _progress:
+    """A rich progress bar (or nothing): ``with _progress(on, total) as advance: advance()``."""
+
+    def __init__(self, enabled: bool, total: int | None):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.__enter__()
+        task = self.bar.add_task("measuring SRR", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,200 @@
+"""SRR as a regulariser (HU24 §6, MATH.md §6), attached to any model by forward hooks.
+
+    loss = CE + η · (1/|S|) Σ_{ℓ∈S} μ_SRR(f_ℓ(detach(Z^ℓ)))          μ_SRR = λ‖Z‖₀ + R^c − R  (E4)
+
+Usage (no change to the model's code)::
+
+    reg = SRRRegularizer(model, layers=[-1], weight=1e-3)
+    logits = model(x)                      # the hooks capture the regularised layers' outputs
+    loss = criterion(logits, y) + reg()    # η · mean_ℓ μ_SRR; reg.parts holds R, R^c, ‖Z‖₀ per layer
+
+**Detached input** (``detach_input=True``, HU24's form): the term of layer ℓ updates only
+layer ℓ's parameters (and learned subspaces), while the task loss still trains every layer. It
+costs no recomputation: a pre-hook runs layer ℓ on a detached copy ``Z_d`` of its input, and
+the layer's output is handed on through ``_Reconnect``, whose backward sends the task gradient
+``g`` on to the real input as ``(∂f/∂Z)ᵀ g`` (one extra input-gradient pass through layer ℓ,
+weights skipped). The regulariser's gradient enters the layer below ``_Reconnect`` and ends at
+the leaf ``Z_d``. ``detach_input=False``: the plain form, gradient through everything.
+
+**Scopes**: ``"sample"`` — each sample's N tokens are one token set (the papers' form),
+μ_SRR averaged over the batch; ``"batch"`` — one feature row per sample (``pool``: the CLS token
+or the mean token), the batch is one token set (MCR²'s form). Under ``torch.distributed`` both
+are computed over the **global** batch (differentiable all-reduce of sums, resp. of the Gram
+matrix; srr/measure/distributed.py states the gradient convention: values are global on every
+rank; after DDP's gradient averaging, parameter gradients equal those of one process on the
+concatenated batch).
+
+Numerics: every logdet goes through :func:`srr.linalg.logdet_identity_plus` in float32 or
+wider with autocast off (float64 retry where Cholesky fails), so finite tokens give finite values.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from srr._checks import check_eps, check_nonnegative
+from srr.measure.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
+from srr.measure.terms import SRRTerms, batch_terms, mean_terms, sample_terms
+from srr.measure.tokens import TokenSite, as_sites, to_tokens
+
+__all__ = ["SRRRegularizer"]
+
+Scope = Literal["sample", "batch"]
+
+
+class _Reconnect(torch.autograd.Function):
+    """Identity on a layer's output ``out = f(Z_d)``; backward also sends ``(∂f/∂Z_d)ᵀ g`` to ``Z``."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, z: Tensor, z_detached: Tensor) -> Tensor:
+        ctx.graph = (out, z_detached)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, z_detached = ctx.graph
+        del ctx.graph
+        (grad_z,) = torch.autograd.grad(out, z_detached, grad, retain_graph=True)
+        return grad, grad_z, None
+
+
+def _pool_rule(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    if getattr(config, "pool", None) in ("cls", "mean"):
+        return config.pool
+    if hasattr(model, "class_token") or getattr(model, "global_pool", None) == "token":
+        return "cls"
+    return "mean"
+
+
+class SRRRegularizer(nn.Module):
+    """``weight · (1/|S|) Σ_{ℓ∈S} μ_SRR(Z_ℓ)`` over the outputs of the chosen layers of ``model``.
+
+    - ``layers``: indices into the model's layers (default ``-1``, the last: HU24's choice), module
+      names or :class:`TokenSite` values (srr/measure/tokens.py).
+    - ``weight`` η, ``eps`` ε, ``lam`` λ of (E4).
+    - ``subspaces``: ``"model"`` (the layer's own heads), ``"data"``, ``"learned"``, a
+      :class:`SubspacePolicy` or tensors (srr/measure/subspaces.py). Learned subspaces are this
+      module's parameters: give ``reg.parameters()`` to the optimiser.
+    - ``detach_input``: HU24's per-layer form (default) or the plain form.
+    - ``scope``: ``"sample"`` or ``"batch"``; ``pool`` (batch scope): ``"cls"``, ``"mean"``, a
+      callable ``(B, N, d) -> (B, d)``, or ``"auto"`` (the model's own pooling; CLS for ViTs).
+    - ``group``: the ``torch.distributed`` process group (default: the world, when initialised).
+
+    Hooks stay until :meth:`close` (or the end of a ``with`` block).
+    """
+
+    def __init__(self, model: nn.Module, *, layers=-1, weight: float = 1e-3, eps: float = 0.1, lam: float = 0.1,
+                 subspaces="model", detach_input: bool = True, scope: Scope = "sample",
+                 pool: str | Callable[[Tensor], Tensor] = "auto", group=None):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if scope not in ("sample", "batch"):
+            raise ValueError(f"scope must be 'sample' (each sample's tokens) or 'batch' (one feature per sample), got {scope!r}")
+        if not (callable(pool) or pool in ("auto", "cls", "mean")):
+            raise ValueError(f"pool must be 'auto', 'cls', 'mean' or a callable (B, N, d) -> (B, d), got {pool!r}")
+        self.weight = check_nonnegative(weight, "weight")
+        self.eps = check_eps(eps)
+        self.lam = check_nonnegative(lam, "lam")
+        self.detach_input = bool(detach_input)
+        self.scope = scope
+        self.pool = _pool_rule(model) if pool == "auto" else pool
+        self.group = group
+        self.__dict__["model"] = model  # not a submodule: reg.parameters() are the regulariser's own
+        self.sites: list[TokenSite] = as_sites(model, layers)
+        modules = dict(model.named_modules())
+        self._modules_hooked = [modules[s.module] for s in self.sites]
+        self.policy: SubspacePolicy = make_policy(subspaces, model)
+        self.policy.bind(model, self._modules_hooked)
+        self.parts: dict[str, SRRTerms] = {}
+        self._captured: dict[str, Tensor] = {}
+        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self._handles = []
+        for site, module in zip(self.sites, self._modules_hooked):
+            if site.where != "output":
+                raise ValueError(f"the regulariser reads layer outputs; site {site.label!r} reads its input")
+            if self.detach_input:
+                self._handles.append(module.register_forward_pre_hook(self._detach_hook(site.label)))
+            self._handles.append(module.register_forward_hook(self._output_hook(site.label)))
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.sites]
+
+    # ----- hooks --------------------------------------------------------------------------
+    def _detach_hook(self, label: str):
+        def hook(module, args):
+            z = args[0]
+            if not (torch.is_grad_enabled() and isinstance(z, Tensor) and z.requires_grad):
+                return None
+            z_detached = z.detach().requires_grad_()
+            self._pending[label] = (z, z_detached)
+            return (z_detached, *args[1:])
+        return hook
+
+    def _output_hook(self, label: str):
+        def hook(module, args, output):
+            pending = self._pending.pop(label, None)
+            self._captured[label] = to_tokens(output)
+            if pending is not None:
+                return _Reconnect.apply(output, *pending)
+            return None
+        return hook
+
+    # ----- value --------------------------------------------------------------------------
+    def _features(self, Z: Tensor) -> Tensor:
+        if self.scope == "sample":
+            return Z
+        if callable(self.pool):
+            return self.pool(Z)  # (B, d)
+        return Z[:, 0] if self.pool == "cls" else Z.mean(1)  # (B, d)
+
+    def forward(self, targets: Tensor | None = None) -> Tensor:
+        """``weight · mean over layers of μ_SRR`` of the last forward pass (a scalar, differentiable).
+
+        ``targets`` are needed only to fit ``FromData(grouping="labels")`` subspaces.
+        """
+        missing = [label for label in self.labels if label not in self._captured]
+        if missing:
+            raise RuntimeError(f"no tokens captured for layers {missing} since the last call: run the model's "
+                               f"forward pass (with the hooks attached, i.e. before close()) before calling the regulariser")
+        tokens = [self._features(self._captured.pop(label)) for label in self.labels]
+        if self.policy.needs_fit:
+            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(0) for t in tokens], targets)
+        self.parts = {}
+        total = 0.0
+        for i, (label, Z) in enumerate(zip(self.labels, tokens)):
+            U = check_policy_subspaces(self.policy.subspaces(i), Z.shape[-1], label)
+            if self.scope == "sample":
+                terms = mean_terms(sample_terms(Z, U, eps=self.eps, lam=self.lam), self.group)
+            else:
+                terms = batch_terms(Z, U, eps=self.eps, lam=self.lam, group=self.group)
+            self.parts[label] = SRRTerms(*(t.detach() for t in terms))
+            total = total + terms.srr
+        return self.weight * total / len(self.labels)
+
+    # ----- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove every hook; the model runs exactly as before the regulariser was attached."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._captured, self._pending = {}, {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "SRRRegularizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def extra_repr(self) -> str:
+        return (f"layers={self.labels}, weight={self.weight}, eps={self.eps}, lam={self.lam}, scope={self.scope!r}, "
+                f"detach_input={self.detach_input}, policy={type(self.policy).__name__}")

@@ -1,0 +1,71 @@
+"""The parts of μ_SRR (E4) of one layer, for the two token-set scopes.
+
+- ``sample_terms``: each sample's N tokens are one token set (YU23/HU24's form): ``Z (B, N, d)``
+  gives per-sample R (E1), R^c (E2), ‖Z‖₀, ‖Z‖₁ and μ_SRR, each ``(B,)``.
+- ``batch_terms``: the batch is one token set of one feature row per sample (MCR²'s form):
+  ``F (B, d)``; under ``torch.distributed`` the set is the **global** batch, through the Gram
+  matrix summed over ranks (srr/measure/distributed.py). Each part is a scalar.
+
+μ_SRR = λ‖Z‖₀ + R^c − R with ‖Z‖₀ the raw count of non-zero entries, as
+:func:`srr.rates.sparse_rate_reduction`; only R^c − R carries gradient.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from srr.measure.distributed import all_reduce_sum, global_gram, rates_from_gram
+from srr.rates import coding_rate, compressed_coding_rate
+
+__all__ = ["SRRTerms", "batch_terms", "mean_terms", "sample_terms"]
+
+
+class SRRTerms(NamedTuple):
+    """One layer's parts: shape ``(B,)`` per sample (``sample_terms``) or ``()`` (``batch_terms``)."""
+
+    R: Tensor  # (E1) coding rate
+    Rc: Tensor  # (E2) compressed coding rate
+    l0: Tensor  # ‖Z‖₀, number of non-zero entries (no gradient)
+    l1: Tensor  # ‖Z‖₁
+    zero_fraction: Tensor  # fraction of exactly-zero entries
+    srr: Tensor  # (E4) μ_SRR = λ‖Z‖₀ + R^c − R
+
+    @property
+    def dR(self) -> Tensor:
+        """(E3) ΔR = R − R^c."""
+        return self.R - self.Rc
+
+
+def sample_terms(Z: Tensor, U: Tensor, *, eps: float, lam: float, R: Tensor | None = None,
+                 check_finite: bool = False) -> SRRTerms:
+    """Per-token-set parts of μ_SRR for tokens ``Z (..., N, d)`` and subspaces ``U (K, d, p)``.
+
+    ``R``: the coding rates of these token sets when already known (they do not depend on U).
+    """
+    if R is None:
+        R = coding_rate(Z, eps, check_finite=check_finite)  # (...)
+    Rc = compressed_coding_rate(Z, U, eps, check_finite=False)  # (...)
+    with torch.no_grad():
+        nonzero = (Z != 0).sum((-2, -1)).to(Rc.dtype)  # (...)
+        l1 = Z.abs().sum((-2, -1), dtype=Rc.dtype)
+    size = Z.shape[-2] * Z.shape[-1]
+    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / size, lam * nonzero + Rc - R)
+
+
+def batch_terms(F: Tensor, U: Tensor, *, eps: float, lam: float, group=None) -> SRRTerms:
+    """Parts of μ_SRR of the feature rows ``F (B, d)`` of the (global) batch, as one token set."""
+    G, n = global_gram(F, group)  # (d, d), summed over ranks
+    R, Rc = rates_from_gram(G, n, U, eps)
+    with torch.no_grad():
+        counts = torch.stack([(F != 0).sum().to(R.dtype), F.abs().sum(dtype=R.dtype)])
+        nonzero, l1 = all_reduce_sum(counts, group).unbind()
+    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / (n * F.shape[-1]), lam * nonzero + Rc - R)
+
+
+def mean_terms(terms: SRRTerms, group=None) -> SRRTerms:
+    """Per-sample parts ``(B,)`` averaged over the (global) batch: one all-reduce of the sums and count."""
+    rows = torch.stack([*terms, torch.ones_like(terms.R)])  # (7, B)
+    sums = all_reduce_sum(rows.sum(-1), group)  # (7,)
+    return SRRTerms(*(sums[:-1] / sums[-1]).unbind())

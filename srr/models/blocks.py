@@ -1,0 +1,168 @@
+"""One CRATE layer (MATH.md §4.1–4.2): a compression half-step, then a sparsification step.
+
+    Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ))              C: the compression update (MSSA, E8–E9; or −κ∇R^c, E6)
+    Z^{ℓ+1} = S(LN₂(Z^{ℓ+½}))                S: one ISTA step (E10), no residual, so Z^{ℓ+1} ≥ 0
+    Z^{ℓ+1} = Z^{ℓ+½} + S(LN₂(Z^{ℓ+½}))      crate_alpha: S = D₁A₂, overcomplete ISTA with residual
+
+A :class:`CRATEBlock` is an ``nn.ModuleList`` ``[PreNorm(C), PreNorm(S)]``, so its state-dict keys
+are those of the public code (``transformer.layers.{ℓ}.0.norm.*``, ``.0.fn.qkv.weight``, ...).
+
+Hook points (forward hooks see exactly these inputs and outputs):
+- ``block``            : ``(Z^ℓ,) -> Z^{ℓ+1}``
+- ``block[0]``         : ``(Z^ℓ,) -> C(LN₁(Z^ℓ))``, the update (before drop-path)
+- ``block[1]``         : ``(Z^{ℓ+½},) -> Z^{ℓ+1}`` (for ``crate_alpha``: the branch ``D₁A₂``)
+- ``block.compression`` / ``block.sparsification``: the layers themselves, on normalised tokens.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from srr.layers import ISTA, MSSA, OvercompleteISTA
+from srr.models.config import CRATEConfig
+from srr.models.drop_path import drop_path
+
+
+class LayerTokens(NamedTuple):
+    """The tokens of one layer ℓ, each ``(B, N, d)`` (N counts the CLS token)."""
+
+    input: Tensor  # Z^ℓ
+    mssa_input: Tensor  # LN₁(Z^ℓ), what the compression layer sees
+    half: Tensor  # Z^{ℓ+½}
+    ista_input: Tensor  # LN₂(Z^{ℓ+½}), what the sparsification layer sees
+    output: Tensor  # Z^{ℓ+1}
+
+
+class PreNorm(nn.Module):
+    """``fn(LayerNorm(x))``, as in the public code (keys ``norm.*``, ``fn.*``)."""
+
+    def __init__(self, dim: int, fn: nn.Module):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(self.norm(x))
+
+
+class CRATEBlock(nn.ModuleList):
+    """``[PreNorm(compression), PreNorm(sparsification)]`` with the forward of one CRATE layer.
+
+    ``sparsification_residual``: add the sparsification output to Z^{ℓ+½} (CRATE-α) instead
+    of replacing it (CRATE). ``drop_path`` applies to residual branches only: ISTA without a
+    residual has no branch to drop.
+    """
+
+    def __init__(self, compression: nn.Module, sparsification: nn.Module, *, dim: int,
+                 sparsification_residual: bool = False, drop_path: float = 0.0):
+        super().__init__([PreNorm(dim, compression), PreNorm(dim, sparsification)])
+        self.sparsification_residual = bool(sparsification_residual)
+        self.drop_path = float(drop_path)
+
+    @property
+    def compression(self) -> nn.Module:
+        return self[0].fn
+
+    @property
+    def sparsification(self) -> nn.Module:
+        return self[1].fn
+
+    @property
+    def subspaces(self) -> Tensor:
+        """U^ℓ, ``(K, d, p)``: the subspaces the compression step uses."""
+        return self.compression.subspaces
+
+    @property
+    def dictionary(self) -> Tensor:
+        """D^ℓ, ``(d, d)`` (``(d, m)`` for CRATE-α): the sparsification dictionary."""
+        return self.sparsification.dictionary
+
+    def tokens(self, z: Tensor) -> LayerTokens:
+        """One layer, keeping every intermediate (references, no copies)."""
+        mssa_input = self[0].norm(z)  # (B, N, d)
+        half = z + drop_path(self[0].fn(mssa_input), self.drop_path, self.training)  # (B, N, d)
+        ista_input = self[1].norm(half)  # (B, N, d)
+        out = self[1].fn(ista_input)  # (B, N, d)
+        if self.sparsification_residual:
+            out = half + drop_path(out, self.drop_path, self.training)
+        return LayerTokens(z, mssa_input, half, ista_input, out)
+
+    def forward(self, z: Tensor) -> Tensor:  # (B, N, d) -> (B, N, d)
+        return self.tokens(z).output
+
+    # nn.ModuleList.__repr__ hides the attributes above; show them.
+    def extra_repr(self) -> str:
+        return f"sparsification_residual={self.sparsification_residual}, drop_path={self.drop_path}"
+
+
+class _EagerOnly(nn.Module):
+    """Runs ``layer`` eagerly even inside ``torch.compile`` (derived layers are a reference)."""
+
+    warned = False
+
+    def __init__(self, layer: nn.Module, *, as_update: bool):
+        super().__init__()
+        self.layer = layer
+        self.as_update = as_update
+
+    @property
+    def subspaces(self) -> Tensor:
+        return self.layer.subspaces
+
+    @property
+    def dictionary(self) -> Tensor:
+        return self.layer.dictionary
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            _warn_eager()
+        return self._run(x)
+
+    @torch.compiler.disable
+    def _run(self, x: Tensor) -> Tensor:
+        out = self.layer(x)  # (B, N, d), the next tokens
+        return out - x if self.as_update else out
+
+
+@torch.compiler.disable
+def _warn_eager() -> None:
+    if not _EagerOnly.warned:
+        _EagerOnly.warned = True
+        warnings.warn("crate_derived: layers built by srr.derive run eagerly; torch.compile compiles only "
+                      "the rest of the model", stacklevel=2)
+
+
+def _compression(cfg: CRATEConfig) -> nn.Module:
+    if cfg.variant == "crate_derived":
+        from srr.derive import derive, variants
+
+        layer = derive(variants.mssa_exact(cfg.eps), step_size=cfg.compression_step_size,
+                       dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim)
+        return _EagerOnly(layer, as_update=True)  # derived returns Z − κ∇R^c(Z); the block adds the update
+    if cfg.variant == "crate_exact":
+        return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, mode="exact", output="identity",
+                    eps=cfg.eps, step_size=cfg.compression_step_size)
+    output = {"crate_fix": "fixed", "crate_identity": "identity", "crate_alpha": "crate"}.get(cfg.variant, cfg.variant)
+    return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, mode="softmax", output=output,
+                temperature=cfg.temperature, step_size=cfg.compression_step_size, dropout=cfg.dropout)
+
+
+def _sparsification(cfg: CRATEConfig) -> nn.Module:
+    if cfg.variant == "crate_derived":
+        from srr.derive import derive, variants
+
+        layer = derive(variants.ista(cfg.lam), step_size=cfg.step_size, dim=cfg.dim)
+        return _EagerOnly(layer, as_update=False)
+    if cfg.variant == "crate_alpha":
+        return OvercompleteISTA(cfg.dim, expansion=cfg.expansion, steps=cfg.ista_steps,
+                                step_size=cfg.step_size, lam=cfg.lam)
+    return ISTA(cfg.dim, step_size=cfg.step_size, lam=cfg.lam)
+
+
+def build_block(cfg: CRATEConfig, *, drop_path: float = 0.0) -> CRATEBlock:
+    """The layer of ``cfg.variant`` (see :data:`srr.models.config.VARIANTS`)."""
+    return CRATEBlock(_compression(cfg), _sparsification(cfg), dim=cfg.dim,
+                      sparsification_residual=cfg.variant == "crate_alpha", drop_path=drop_path)

@@ -1,0 +1,127 @@
+"""``CRATEConfig``: every hyper-parameter of a CRATE model (MATH.md §4), as one frozen value.
+
+The public code (Ma-Lab-Berkeley/CRATE, ``model/crate.py``) hard-codes several of these
+(η = λ = 0.1, τ = p^{-1/2}, ``randn`` embeddings, CLS pooling); here they are fields whose
+defaults reproduce it. A config is stored in our checkpoints as a plain dict
+(:meth:`CRATEConfig.to_dict`), so ``create_model(checkpoint=path)`` alone rebuilds the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+# Compression (MSSA) output of each variant (MATH.md §4.1 table), and the ISTA block it uses.
+VARIANTS: dict[str, str] = {
+    "crate": "public code: MSSA output through a learnable, untied Linear(K·p, d) with bias (E9)",
+    "crate_c": "Hu et al. CRATE-C, the literal derivation: + o·W (o = concat_k SSA_k, W the qkv weight)",
+    "crate_n": "Hu et al. CRATE-N, sign fixed: − o·W",
+    "crate_t": "Hu et al. CRATE-T, transposed output + o·Wᵀ (no extra parameters)",
+    "crate_fix": "Hu et al. CRATE-Fix: a fixed random output matrix",
+    "crate_identity": "Hu et al. CRATE-Identity: the identity output matrix (needs heads·head_dim = dim)",
+    "crate_exact": "ours: the exact gradient step Z − κ∇R^c(Z; U) of (E6), p×p solves, no softmax",
+    "crate_alpha": "CRATE-α: overcomplete ISTA (d×4d, two steps from 0, decoder D₁) with a residual",
+    "crate_derived": "every layer built by srr.derive from its objective (slow reference, eager only)",
+}
+
+POOLS = ("cls", "mean")
+INITS = ("public", "vit")
+
+
+@dataclass(frozen=True)
+class CRATEConfig:
+    """Architecture and hyper-parameters of one CRATE model. Defaults: CRATE-Tiny, public code.
+
+    ``heads · head_dim`` need not equal ``dim`` (the public code allows it), except for
+    ``crate_t`` (output ``o Wᵀ`` with W the (K·p)×d qkv weight) and ``crate_identity``, which
+    need K·p = d.
+    """
+
+    dim: int = 384  # d, token width
+    depth: int = 12  # L, number of layers (MSSA + ISTA each)
+    heads: int = 6  # K, number of subspaces
+    head_dim: int = 64  # p, dimension of each subspace
+    image_size: int = 224  # square images only
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000  # 0: no head, forward returns pooled features
+    variant: str = "crate"
+    step_size: float = 0.1  # η of the ISTA step (E10); public code: 0.1
+    lam: float = 0.1  # λ of the ISTA step (E10); public code: 0.1
+    temperature: float | None = None  # τ of SSA (E8); None: p^{-1/2} as in the public code
+    compression_step_size: float | str = 1.0  # κ: scale of the MSSA update (E9's c); exact/derived: the
+    # gradient step size, or "auto" for 1/L of (E7) (the descent guarantee; computed per forward)
+    eps: float = 0.5  # ε of R^c for crate_exact / crate_derived (never ε²)
+    expansion: int = 4  # crate_alpha: overcomplete dictionary d × expansion·d
+    ista_steps: int = 2  # crate_alpha: ISTA steps from 0
+    pool: str = "cls"  # "cls" (public) or "mean" over all tokens
+    init: str = "public"  # "public": randn embeddings, torch defaults; "vit": trunc-normal(0.02)
+    dropout: float = 0.0  # inside MSSA (attention weights and output), as in the public code
+    emb_dropout: float = 0.0  # after adding position embeddings
+    drop_path: float = 0.0  # stochastic depth on residual branches, linear in depth up to this
+    name: str | None = None  # registry name it was built from (provenance only)
+
+    def __post_init__(self):
+        for f in ("dim", "depth", "heads", "head_dim", "image_size", "patch_size", "in_chans", "expansion", "ista_steps"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{f} must be an integer >= 1, got {v!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size must be divisible by patch_size, got image_size={self.image_size}, "
+                             f"patch_size={self.patch_size}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.compression_step_size == "auto" and self.variant not in ("crate_exact", "crate_derived"):
+            raise ValueError(f"compression_step_size='auto' (1/L of E7) is for variants crate_exact and crate_derived, "
+                             f"got variant {self.variant!r}")
+        for f in ("step_size", "compression_step_size", "eps"):
+            v = getattr(self, f)
+            if f == "compression_step_size" and v == "auto":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{f} must be a finite number > 0, got {v!r}")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+        if self.temperature is not None and (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
+                                             or not math.isfinite(self.temperature) or self.temperature <= 0):
+            raise ValueError(f"temperature must be None (p^-1/2) or a finite number > 0, got {self.temperature!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        for f in ("dropout", "emb_dropout", "drop_path"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"{f} must be a probability in [0, 1), got {v!r}")
+        if self.variant in ("crate_t", "crate_identity") and self.heads * self.head_dim != self.dim:
+            raise ValueError(f"variant {self.variant!r} needs heads*head_dim == dim, got heads={self.heads}, "
+                             f"head_dim={self.head_dim}, dim={self.dim}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_chans * self.patch_size**2
+
+    def replace(self, **changes) -> "CRATEConfig":
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"unknown CRATEConfig field(s) {unknown}; valid fields: {sorted(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain dict (str/int/float/None only), loadable with ``torch.load(weights_only=True)``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CRATEConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"config must be a dict of CRATEConfig fields, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"config holds unknown field(s) {unknown}; valid fields: {sorted(f.name for f in fields(cls))}")
+        return cls(**d)

@@ -1,0 +1,26 @@
+"""Training: ``train(TrainConfig(...)) -> RunResult``, the library behind ``srr train``.
+
+Cross-entropy plus the SRR regulariser of HU24 §6 (MATH.md §6), a run folder that loses nothing
+(config, metrics.jsonl, plots, atomic latest/best checkpoints), exact ``resume``, a NaN guard,
+and DistributedDataParallel under ``torchrun``.
+"""
+from .config import OPTIMIZERS, TrainConfig, parse_layers
+from .errors import NonFiniteLossError, TrainingInterrupted
+from .evaluate import evaluate
+from .loop import RunResult, train
+from .run_dir import RunDir
+from .schedule import WarmupCosine, warmup_cosine
+
+__all__ = [
+    "OPTIMIZERS",
+    "NonFiniteLossError",
+    "RunDir",
+    "RunResult",
+    "TrainConfig",
+    "TrainingInterrupted",
+    "WarmupCosine",
+    "evaluate",
+    "parse_layers",
+    "train",
+    "warmup_cosine",
+]

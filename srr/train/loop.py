@@ -1,0 +1,390 @@
+"""``train(config) -> RunResult``: the training loop behind ``srr train``.
+
+Loss per step (HU24 §6, MATH.md §6): label-smoothed cross-entropy plus, when ``srr_weight > 0``,
+``η_reg · mean_{ℓ∈S} μ_SRR`` of the chosen layers on the (global) batch. AdamW/Adam/SGD with
+linear warm-up and cosine decay, gradient clipping, optional bfloat16 autocast and
+``torch.compile``. Under ``torchrun``: DistributedDataParallel, each rank a strided share of one
+shared permutation per epoch, rank-0-only output, checkpoints and evaluation.
+
+Runs lose nothing: the run folder (srr/train/run_dir.py) gets ``config.json`` at the start, one
+``metrics.jsonl`` row and an atomic ``checkpoints/latest.pt`` per epoch (and every
+``checkpoint_every`` steps), ``best.pt`` on each new best validation accuracy, plots and
+``summary.json`` at the end. ``resume=True`` restores model, optimiser, scheduler, RNG and
+data position, so the resumed run ends with the weights the uninterrupted one would have had.
+A non-finite loss or gradient stops the run before the update, naming the step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from srr.models import create_model
+
+from . import distributed as D
+from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
+from .config import TrainConfig
+from .data import RunData, TrainBatches, load_run_data
+from .errors import NonFiniteLossError, TrainingInterrupted
+from .evaluate import autocast, evaluate
+from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_signals
+from .optim import build_optimizer, build_schedule
+from .plots import plot_curves, plot_srr_layers
+from .report import Reporter
+from .run_dir import RunDir, default_run_name
+from .srr_terms import build_regularizer, measure_layers
+from .state import capture_rng, restore_rng, seed_everything
+
+# Options that may differ between a run and its resumption: they do not change the arithmetic.
+# (A different thread count may change float rounding: exact resume wants the same one.)
+RUN_CONTROL = {"out", "resume", "device", "num_workers", "compile", "threads"}
+EVAL_BATCH = 512
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports (every rank gets the same numbers)."""
+
+    run_dir: Path
+    config: TrainConfig
+    model: nn.Module  # the trained model, unwrapped (no DDP / compile)
+    epochs: int
+    global_step: int
+    test_loss: float
+    test_accuracy: float
+    best_val_accuracy: float | None
+    best_epoch: int | None
+    srr_per_layer: list[float]
+    train_time_s: float
+    train_images_per_s: float  # whole training step, all ranks
+    loader_images_per_s: float  # data loading alone (rank 0)
+    model_images_per_s: float  # forward + backward + update alone (rank 0)
+    metrics: list[dict] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        skip = {"model", "metrics", "config"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out["run_dir"] = str(self.run_dir)
+        out["plots"] = [str(p) for p in self.plots]
+        out["srr_last_layer"] = self.srr_per_layer[-1] if self.srr_per_layer else None
+        return out
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the epoch in progress (stored in mid-epoch checkpoints)."""
+
+    loss: float = 0.0  # Σ batch_size · cross-entropy (with label smoothing)
+    correct: float = 0.0
+    images: float = 0.0
+    reg: float = 0.0  # Σ regulariser term over steps
+    steps: float = 0.0
+    fetch_s: float = 0.0
+    model_s: float = 0.0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def train(config: TrainConfig, *, console: Console | None = None) -> RunResult:
+    """Train as ``config`` says; output (progress bar, epoch lines) goes to ``console`` on rank 0.
+
+    Raises ``ValueError``/``FileNotFoundError`` for bad options, data or run folders,
+    :class:`NonFiniteLossError` when the loss diverges, :class:`TrainingInterrupted` after
+    saving on SIGTERM/Ctrl-C.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    env = D.setup(config.device)
+    try:
+        with deterministic_algorithms(config.deterministic), cpu_threads(config.threads), stop_on_signals() as stop:
+            return _Trainer(config, env, console, stop).run()
+    finally:
+        D.teardown(env)
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None, stop: StopRequest) -> None:
+        self.config, self.env, self.stop = config, env, stop
+        self.console = console if env.is_main else None
+        root = config.out or str(Path("runs") / default_run_name(config.model, config.dataset))
+        self.run_dir = RunDir(Path(D.broadcast_object(env, root)))
+        self.checkpoint = self._check_run_dir()
+
+        seed_everything(config.seed)  # identical data and initial weights on every rank
+        self.data: RunData = load_run_data(config)
+        info = self.data.info
+        overrides = {} if config.dropout is None else {"dropout": config.dropout}
+        self.model = create_model(
+            config.model, num_classes=info.num_classes, image_size=info.image_size, in_chans=info.in_chans,
+            variant=config.variant, patch_size=config.patch_size, **overrides,
+        ).to(env.device)
+        self.batches = TrainBatches(
+            self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
+            world_size=env.world_size, num_workers=config.num_workers, pin_memory=env.device.type == "cuda",
+        )
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_schedule(self.optimizer, config, steps_per_epoch=len(self.batches))
+        self.regularizer = build_regularizer(self.model, config)
+        self.forward_model: nn.Module = self.model
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [env.device] if env.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if config.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.best_val, self.best_epoch = None, None
+        self.sums = EpochSums()
+        self.rows: list[dict] = []
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        else:
+            seed_everything(config.seed + env.rank)  # rank-offset draws (dropout, augmentation)
+            if env.is_main:
+                self.run_dir.create()
+                self.run_dir.write_config(config.to_dict())
+                self.run_dir.metrics.unlink(missing_ok=True)  # rows of an attempt that never checkpointed
+        D.barrier(env)
+
+    # ----- run folder and resume ------------------------------------------------------------
+    def _check_run_dir(self) -> dict | None:
+        run, config = self.run_dir, self.config
+        if config.resume:
+            if not run.root.is_dir():
+                raise FileNotFoundError(f"--resume needs an existing run folder, but {run.root} does not exist; "
+                                        f"pass the --out of the run to continue")
+            if not run.latest.is_file():
+                raise FileNotFoundError(f"--resume found no checkpoint at {run.latest}; the run in {run.root} "
+                                        f"never finished an epoch (start it again without --resume)")
+            checkpoint = load_training_checkpoint(run.latest)
+            saved = checkpoint["extra"].get("train_config", {})
+            differing = sorted(k for k, v in config.to_dict().items()
+                               if k not in RUN_CONTROL and k in saved and saved[k] != v)
+            if differing:
+                details = ", ".join(f"{k}: run has {saved[k]!r}, given {getattr(config, k)!r}" for k in differing)
+                raise ValueError(f"--resume must continue the run with its own settings; these differ: {details}")
+            return checkpoint
+        if run.latest.exists():
+            raise ValueError(f"run folder {run.root} already holds a run; pass --resume to continue it, "
+                             f"or choose another --out")
+        return None
+
+    def _restore(self, checkpoint: dict) -> None:
+        extra = checkpoint["extra"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        progress = extra["progress"]
+        self.epoch, self.batch_in_epoch = int(progress["epoch"]), int(progress["batch_in_epoch"])
+        self.global_step = int(progress["global_step"])
+        self.best_val, self.best_epoch = progress.get("best_val_accuracy"), progress.get("best_epoch")
+        self.sums = EpochSums(**progress.get("epoch_sums", {}))
+        saved_world = int(progress.get("world_size", 1))
+        if saved_world != self.env.world_size and self.batch_in_epoch:
+            raise ValueError(f"the checkpoint was written mid-epoch by {saved_world} process(es); resume it with "
+                             f"the same number of processes, got {self.env.world_size}")
+        rng = extra["rng"]
+        if len(rng) == self.env.world_size:
+            restore_rng(rng[self.env.rank])
+        else:  # a new world size: fresh but reproducible draws
+            seed_everything(self.config.seed + self.env.rank + 1000 * self.global_step)
+        if self.env.is_main:
+            self.rows = self.run_dir.truncate_metrics(last_epoch=self.epoch)
+
+    def _save(self, *, best: bool = False) -> None:
+        """Write ``latest.pt`` (and ``best.pt``): collective under DDP (it gathers every rank's RNG)."""
+        rng = D.gather_objects(self.env, capture_rng())
+        if self.env.is_main:
+            progress = {
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
+                "best_val_accuracy": self.best_val, "best_epoch": self.best_epoch,
+                "world_size": self.env.world_size, "epoch_sums": self.sums.as_dict(),
+            }
+            save_training_checkpoint(
+                self.run_dir.latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                progress=progress, rng=rng, train_config=self.config.to_dict(),
+            )
+            if best:
+                copy_atomic(self.run_dir.latest, self.run_dir.best)
+        D.barrier(self.env)
+
+    # ----- training -------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        config = self.config
+        steps_per_epoch = len(self.batches)
+        reporter = Reporter(self.console, total_steps=config.epochs * steps_per_epoch,
+                            done_steps=self.global_step, epochs=config.epochs)
+        if self.checkpoint is not None:
+            reporter.log(f"resuming {self.run_dir.root} at epoch {self.epoch + 1}, step {self.global_step}")
+        try:
+            with reporter:
+                while self.epoch < config.epochs:
+                    self._train_epoch(reporter)
+                    self._end_epoch(reporter)
+        except NonFiniteLossError:
+            self._finish_plots()
+            raise
+        finally:
+            if self.regularizer is not None and hasattr(self.regularizer, "close"):
+                self.regularizer.close()
+        return self._finish()
+
+    def _train_epoch(self, reporter: Reporter) -> None:
+        config, env, device = self.config, self.env, self.env.device
+        self.forward_model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = config.grad_clip if config.grad_clip is not None else math.inf
+        epoch_start = time.perf_counter()
+        fetch_start = epoch_start
+        for images, labels in self.batches.epoch(self.epoch, start=self.batch_in_epoch):
+            images = images.to(device, non_blocking=True)  # (B, C, H, W)
+            labels = torch.as_tensor(labels).to(device, non_blocking=True)  # (B,)
+            fetched = time.perf_counter()
+            with autocast(device, config.amp):
+                logits = self.forward_model(images)  # (B, classes)
+            ce = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            self._check_finite(ce.item(), "the cross-entropy")
+            loss = ce
+            reg = self.regularizer() if self.regularizer is not None else None
+            if reg is not None:
+                loss = ce + reg
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            loss_value, norm_value = loss.item(), grad_norm.item()
+            what, value = ("the loss", loss_value) if not math.isfinite(loss_value) else ("the gradient norm", norm_value)
+            stop = self._check_finite(value, what, stop=bool(self.stop))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            n = labels.numel()
+            s = self.sums
+            s.loss += ce.item() * n
+            s.correct += (logits.argmax(-1) == labels).sum().item()
+            s.images += n
+            s.reg += reg.item() if reg is not None else 0.0
+            s.steps += 1
+            now = time.perf_counter()
+            s.fetch_s += fetched - fetch_start
+            s.model_s += now - fetched
+            reporter.step(epoch=self.epoch + 1, loss=loss_value)
+            if stop:
+                s.wall_s += now - epoch_start
+                self._save()
+                raise TrainingInterrupted(signal_name=self.stop.signal_name or "a signal on another rank",
+                                          step=self.global_step, epoch=self.epoch + 1,
+                                          checkpoint=self.run_dir.latest, run_dir=self.run_dir.root)
+            if (config.checkpoint_every and self.global_step % config.checkpoint_every == 0
+                    and self.batch_in_epoch < len(self.batches)):
+                s.wall_s += time.perf_counter() - epoch_start
+                self._save()
+                epoch_start = time.perf_counter()
+            fetch_start = time.perf_counter()
+        self.sums.wall_s += time.perf_counter() - epoch_start
+
+    def _check_finite(self, value: float, what: str, *, stop: bool = False) -> bool:
+        """Raise :class:`NonFiniteLossError` if ``value`` is NaN/Inf on any rank; return whether any
+        rank was asked to stop (under DDP both are agreed on by one small all-reduce)."""
+        bad = not math.isfinite(value)
+        if self.env.distributed:
+            flags = D.all_reduce_sum(self.env, torch.tensor([float(bad), float(stop)], device=self.env.device))
+            bad, stop = bool(flags[0] > 0), bool(flags[1] > 0)
+        if bad:
+            raise NonFiniteLossError(
+                what=what if not math.isfinite(value) else f"{what} on another rank", value=value,
+                step=self.global_step + 1, epoch=self.epoch + 1,
+                checkpoint=self.run_dir.latest if self.run_dir.latest.exists() else None,
+            )
+        return stop
+
+    def _end_epoch(self, reporter: Reporter) -> None:
+        config, env, s = self.config, self.env, self.sums
+        totals = torch.tensor([s.loss, s.correct, s.images, s.reg, s.steps], dtype=torch.float64)
+        totals = D.all_reduce_sum(env, totals.to(env.device)).cpu().tolist()
+        loss_sum, correct, images, reg_sum, steps = totals
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_loss": loss_sum / max(images, 1),
+            "train_accuracy": correct / max(images, 1),
+            "srr_reg": reg_sum / max(steps, 1) if self.regularizer is not None else None,
+        }
+        improved = False
+        if env.is_main:
+            if self.data.val is not None:
+                val = evaluate(self.model, self.data.val, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
+                               num_workers=config.num_workers)
+                row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
+                improved = self.best_val is None or val["accuracy"] > self.best_val
+                if improved:
+                    self.best_val, self.best_epoch = val["accuracy"], self.epoch + 1
+            if self.data.probe is not None:
+                per_layer = measure_layers(self.model, self.data.probe, config, device=env.device)
+                row["srr_per_layer"] = per_layer
+                row["srr_mean"] = sum(per_layer) / len(per_layer)
+            row.update(
+                epoch_time_s=s.wall_s,
+                train_images_per_s=images / max(s.wall_s, 1e-9),
+                loader_images_per_s=s.images / max(s.fetch_s, 1e-9),
+                model_images_per_s=s.images / max(s.model_s, 1e-9),
+                world_size=env.world_size,
+                time=time.time(),
+            )
+            self.run_dir.append_metrics(row)
+            self.rows.append(row)
+            reporter.epoch_done(row)
+        improved = bool(D.broadcast_object(env, improved))
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.sums = EpochSums()
+        self._save(best=improved)
+
+    # ----- the end ----------------------------------------------------------------------------
+    def _finish_plots(self) -> list[Path]:
+        if not self.env.is_main or not self.rows:
+            return []
+        self.run_dir.plots.mkdir(parents=True, exist_ok=True)
+        plots = [plot_curves(self.rows, self.run_dir.plots / "curves.png"),
+                 plot_srr_layers(self.rows, self.run_dir.plots / "srr_layers.png")]
+        return [p for p in plots if p is not None]
+
+    def _finish(self) -> RunResult:
+        env, config = self.env, self.config
+        summary = None
+        if env.is_main:
+            test = evaluate(self.model, self.data.test, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
+                            num_workers=config.num_workers)
+            rows = self.rows
+            total_time = sum(r.get("epoch_time_s", 0.0) for r in rows)
+            mean = lambda key: sum(r[key] for r in rows) / len(rows) if rows else float("nan")  # noqa: E731
+            result = RunResult(
+                run_dir=self.run_dir.root, config=config, model=self.model, epochs=self.epoch,
+                global_step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"],
+                best_val_accuracy=self.best_val, best_epoch=self.best_epoch,
+                srr_per_layer=list(rows[-1].get("srr_per_layer", [])) if rows else [],
+                train_time_s=total_time,
+                train_images_per_s=sum(r["train_images_per_s"] * r["epoch_time_s"] for r in rows) / max(total_time, 1e-9),
+                loader_images_per_s=mean("loader_images_per_s"), model_images_per_s=mean("model_images_per_s"),
+                metrics=list(rows), plots=self._finish_plots(),
+            )
+            summary = result.summary()
+            self.run_dir.write_summary(summary)
+        summary = D.broadcast_object(env, summary)
+        if env.is_main:
+            return result
+        keep = {f.name for f in fields(RunResult)} - {"run_dir", "config", "model", "metrics", "plots"}
+        return RunResult(run_dir=self.run_dir.root, config=config, model=self.model,
+                         **{k: v for k, v in summary.items() if k in keep})

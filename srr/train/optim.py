@@ -1,0 +1,30 @@
+"""The optimiser of a run: AdamW, Adam or SGD over ``srr.models.param_groups`` (no decay on norms,
+biases and embeddings), with the warm-up + cosine schedule of :mod:`srr.train.schedule`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from srr.models import param_groups
+
+from .config import TrainConfig
+from .schedule import WarmupCosine
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, config.weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "adam":
+        # Adam's weight decay is an L2 term added to the gradient (coupled), as in torch.optim.Adam.
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    raise ValueError(f"optimizer must be one of adamw, adam, sgd, got {config.optimizer!r}")
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int) -> WarmupCosine:
+    total = config.epochs * steps_per_epoch
+    warmup = min(round(config.warmup * steps_per_epoch), total)
+    return WarmupCosine(optimizer, total_steps=total, warmup_steps=warmup, min_lr=min(config.min_lr, config.lr))
