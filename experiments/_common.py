@@ -128,3 +128,19 @@ def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], fmt: Mapping
     lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows written by :func:`write_csv`, with numbers and booleans converted back."""
+    def convert(text: str):
+        if text in ("True", "False"):
+            return text == "True"
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="") as f:
+        return [{k: convert(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -51,10 +51,11 @@ def _mssa_lowering(rows: list[dict]) -> int:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(NAME, __doc__, argv)
+    args = parse_args(NAME, __doc__, argv, extra=[(("--epochs",), dict(type=int, default=None,
+                                                                         help="training epochs (default 30)"))])
     started = time.perf_counter()
     seed_everything(args.seed)
-    epochs, every, samples = (1, 1, 64) if args.quick else (30, 5, 256)
+    epochs, every, samples = (1, 1, 64) if args.quick else (args.epochs or 30, 5, 256)
     variants = ("crate", "crate_n") if args.quick else VARIANTS
     datasets = ("digits",) if args.quick else DATASETS
     model_kwargs = dict(depth=2) if args.quick else {}

@@ -22,8 +22,9 @@ Writes ``runs.csv`` (one row per run), ``table.csv``/``table.md``, ``summary.jso
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from experiments._common import markdown_table, mean_std, parse_args, pyplot, summary, write_csv, write_json
+from experiments._common import markdown_table, read_csv, mean_std, parse_args, pyplot, summary, write_csv, write_json
 from experiments._pool import run_jobs
 
 NAME = "regularization"
@@ -97,18 +98,24 @@ def main(argv=None) -> dict:
     args = parse_args(NAME, __doc__, argv, extra=[
         (("--seeds",), dict(type=int, default=None, help="seeds per configuration (default 5; quick 1)")),
         (("--epochs",), dict(type=int, default=None, help="epochs per run (default 15; quick 1)")),
-        (("--workers",), dict(type=int, default=1, help="worker processes (one torch thread each)"))])
+        (("--workers",), dict(type=int, default=1, help="worker processes (one torch thread each)")),
+        (("--from-csv",), dict(type=Path, default=None, help="skip training: tabulate the rows of this CSV"))])
     started = time.perf_counter()
     seeds = [args.seed + i for i in range(args.seeds or (1 if args.quick else 5))]
     epochs = args.epochs or (1 if args.quick else 15)
     jobs = jobs_for(seeds, epochs, quick=args.quick)
 
+    done: list[dict] = []
+
     def progress(i, n, row):
+        done.append(row)
+        write_csv(args.out / "runs.partial.csv", done)  # survives an interrupted grid
         print(f"[{i}/{n}] {row['model']} {row['variant']} {row['layers']} η={row['eta']:g} {row['policy']} "
               f"seed {row['seed']}: test acc {row['test_acc']:.3f} ({row['seconds']:.0f}s)", flush=True)
 
-    runs = run_jobs(run_one, jobs, workers=args.workers, progress=progress)
+    runs = read_csv(args.from_csv) if args.from_csv else run_jobs(run_one, jobs, workers=args.workers, progress=progress)
     write_csv(args.out / "runs.csv", runs)
+    (args.out / "runs.partial.csv").unlink(missing_ok=True)
     table = aggregate(runs)
     write_csv(args.out / "table.csv", table)
     (args.out / "table.md").write_text(markdown_table(

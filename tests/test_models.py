@@ -364,7 +364,7 @@ def test_derived_variant_computes_the_exact_variant_with_copied_weights(kappa):
 # ----- options -----------------------------------------------------------------------------------
 def test_vit_init_gives_small_embeddings_and_zero_biases():
     model = small("crate", init="vit", dim=64, heads=4, head_dim=16)
-    assert model.pos_embedding.std() < 0.03 and model.cls_token.abs().max() <= 0.04 + 1e-6
+    assert 0.015 < model.pos_embedding.std() < 0.025 and model.cls_token.abs().max() < 0.1
     assert model.mlp_head[1].bias.abs().max() == 0
     public = small("crate", dim=64, heads=4, head_dim=16)
     assert 0.8 < public.pos_embedding.std() < 1.2
@@ -427,9 +427,9 @@ def test_unknown_model_or_variant_lists_the_valid_names():
 @pytest.mark.parametrize("bad", [dict(image_size=10, patch_size=4), dict(step_size=0.0), dict(lam=-1.0),
                                  dict(pool="max"), dict(init="xavier"), dict(drop_path=1.0),
                                  dict(variant="crate_t", heads=3, head_dim=8), dict(temperature=-1.0),
-                                 dict(compression_step_size="auto")])
+                                 dict(compression_step_size="auto"), dict(patch_size=1)])
 def test_invalid_config_values_raise_naming_the_field(bad):
-    field = next(iter(bad)) if "variant" not in bad else "heads"
+    field = {"variant": "heads", "patch_size": "in_chans"}.get(next(iter(bad)), next(iter(bad)))
     with pytest.raises(ValueError, match=field):
         CRATEConfig(**{**SMALL, **bad})
 
@@ -447,9 +447,10 @@ def test_register_model_and_list_models_pattern():
 
 
 # ----- torch.compile -----------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["crate", "crate_t", "crate_alpha"])
+@pytest.mark.parametrize("variant", ["crate", pytest.param("crate_t", marks=pytest.mark.slow),
+                                     pytest.param("crate_alpha", marks=pytest.mark.slow)])
 def test_fast_variants_trace_into_one_graph(variant):
-    model = small(variant).eval()
+    model = small(variant, depth=1).eval()
     x = images(model)
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x))
@@ -464,7 +465,7 @@ def test_exact_variant_compiles_with_graph_breaks():
 
 
 def test_derived_layers_run_eagerly_under_compile_and_say_so():
-    model = small("crate_derived").eval()
+    model = small("crate_derived", depth=1).eval()
     x = images(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -149,6 +149,9 @@ def bench_shape(name: str, *, batch: int, tokens: int, device: torch.device, rep
         tor = ISTA(d, backend="torch").to(device)
         tor.load_state_dict(tri.state_dict())
         with ctx:
+            with torch.no_grad():
+                a, b = tri(x).float(), tor(x).float()
+            out["ista_triton_rel_err"] = float((a - b).norm() / b.norm())
             t = _interleaved({"triton": _train_step(tri, x), "torch": _train_step(tor, x)}, repeats, sync)
             out.update(ista_train_triton_ms=1e3 * t["triton"], ista_train_torch_ms=1e3 * t["torch"])
             t = _interleaved({"triton": _infer(tri, x), "torch": _infer(tor, x)}, repeats, sync)
@@ -188,7 +191,8 @@ def main(argv=None) -> list[dict]:
               f"-> {r['block_infer_speedup']:.2f}x")
         if "ista_train_triton_ms" in r:
             print(f"  ISTA Triton vs torch, fwd+bwd:       {r['ista_train_triton_ms']:8.2f} ms vs {r['ista_train_torch_ms']:8.2f} ms; "
-                  f"inference {r['ista_infer_triton_ms']:.2f} ms vs {r['ista_infer_torch_ms']:.2f} ms")
+                  f"inference {r['ista_infer_triton_ms']:.2f} ms vs {r['ista_infer_torch_ms']:.2f} ms "
+                  f"(rel. diff {r['ista_triton_rel_err']:.1e})")
     return results
 
 

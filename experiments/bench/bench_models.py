@@ -185,7 +185,8 @@ def time_interleaved(runners: list[Runner], x, y, *, train_steps: int, infer_ste
             r.infer_times.append(_timed(lambda: _infer_step(r, x, amp), device))
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
+    """Run the benchmark; print the table and return one dict per srr variant (speed-ups, MFU)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="default: crate_tiny on CPU, crate_base on GPU")
@@ -241,7 +242,7 @@ def main(argv=None) -> None:
     results = []
     for variant, model in runners_by_variant.items():
         r = runner(f"srr {variant}", model)
-        slow = variant != "crate"
+        slow = variant in ("crate_exact", "crate_derived")
         base = Runner(baseline.label, baseline.model, baseline.opt, [], [])
         time_interleaved([base, r], x, y, train_steps=args.slow_steps if slow else train_steps,
                          infer_steps=args.slow_steps if slow else infer_steps, amp=amp, device=device)
@@ -252,16 +253,23 @@ def main(argv=None) -> None:
               f"{'train x':>8} {'infer x':>8} {'MFU train':>10} {'MFU infer':>10}")
     print(header)
     print("-" * len(header))
+    summary = []
     for i, (variant, model, base, r) in enumerate(results):
         bt, bi = statistics.median(base.train_times), statistics.median(base.infer_times)
         rows = [(base, base_cfg)] if i == 0 else []
         for impl, cfg in rows + [(r, model.config)]:
             tt, ti = statistics.median(impl.train_times), statistics.median(impl.infer_times)
             flops = model_flops(cfg, args.batch)
-            params = sum(p.numel() for p in impl.model.parameters()) / 1e6
-            print(f"{name:<12} {impl.label:<24} {params:>7.2f}M {args.batch / tt:>12.1f} {args.batch / ti:>12.1f} "
+            params = sum(p.numel() for p in impl.model.parameters())
+            print(f"{name:<12} {impl.label:<24} {params / 1e6:>7.2f}M {args.batch / tt:>12.1f} {args.batch / ti:>12.1f} "
                   f"{bt / tt:>8.2f} {bi / ti:>8.2f} {3 * flops / tt / peak:>10.1%} {flops / ti / peak:>10.1%}")
+        summary.append(dict(model=name, variant=variant, params=params, batch=args.batch, image_size=image,
+                            patch_size=patch, device=str(device), train_img_s=args.batch / tt, infer_img_s=args.batch / ti,
+                            baseline_train_img_s=args.batch / bt, baseline_infer_img_s=args.batch / bi,
+                            train_speedup=bt / tt, infer_speedup=bi / ti, mfu_train=3 * flops / tt / peak,
+                            mfu_infer=flops / ti / peak, matmul_peak_flops=peak))
     sys.stdout.flush()
+    return summary
 
 
 if __name__ == "__main__":

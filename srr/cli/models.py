@@ -44,8 +44,8 @@ def models_command(
         console.print(f"no registered model matches {pattern!r}")
         raise typer.Exit(code=1)
     table = Table(title="srr models", header_style="bold")
-    for column in ("name", "d", "depth", "heads K", "head dim p", "image", "patch", "classes", "params"):
-        table.add_column(column, justify="left" if column == "name" else "right")
+    for column in ("name", "d", "depth", "K", "p", "image", "patch", "classes", "params"):
+        table.add_column(column, justify="left" if column == "name" else "right", no_wrap=column in ("name", "image"))
     for r in rows:
         table.add_row(r["name"], str(r["dim"]), str(r["depth"]), str(r["heads"]), str(r["head_dim"]),
                       f"{r['image_size']}×{r['image_size']}×{r['in_chans']}", str(r["patch_size"]),
@@ -53,7 +53,7 @@ def models_command(
     console.print(table)
     if variants:
         vt = Table(title="variants (--variant)", header_style="bold")
-        vt.add_column("variant")
+        vt.add_column("variant", no_wrap=True)
         vt.add_column("compression output / description")
         for name, text in VARIANTS.items():
             vt.add_row(name, text)

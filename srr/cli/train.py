@@ -30,8 +30,8 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
 def summary_table(result) -> Table:
     config = result.config
     table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
     table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
     table.add_row("test loss", f"{result.test_loss:.4f}")
     if result.best_val_accuracy is not None:
@@ -63,9 +63,9 @@ def train(
     train_subset: Annotated[Optional[int], typer.Option(help="Train on this many training images only (smoke runs).", rich_help_panel="Data")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data-loader worker processes. Default: 0 for in-memory data, else min(4, CPUs).", rich_help_panel="Data")] = None,
     # optimisation
-    epochs: Annotated[int, typer.Option(help="Number of epochs.", rich_help_panel="Optimisation")] = 40,
+    epochs: Annotated[int, typer.Option(help="Number of epochs.", rich_help_panel="Optimisation")] = 30,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.", rich_help_panel="Optimisation")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel="Optimisation")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel="Optimisation")] = 3e-3,
     min_lr: Annotated[float, typer.Option(help="Floor of the cosine schedule.", rich_help_panel="Optimisation")] = 1e-5,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (weight matrices only).", rich_help_panel="Optimisation")] = 0.05,
     warmup: Annotated[float, typer.Option(help="Epochs of linear learning-rate warm-up before the cosine decay.", rich_help_panel="Optimisation")] = 2.0,

@@ -143,12 +143,13 @@ class MSSA(nn.Module):
     def reference(self, x: Tensor) -> Tensor:
         """The slow reference of ``forward``, used by :func:`srr.layers.check`.
 
-        Exact mode: the *derived* step (autodiff of ``R^c``, E6) minus ``x``. Softmax mode: the
-        public code's explicit N×N softmax (E8 has no objective to derive it from).
+        Exact mode: the *derived* update ``−κ ∇R^c`` (``derive_step``'s autodiff gradient, E6; taken
+        directly rather than as ``step(x) − x``, which would cancel digits when the update is small).
+        Softmax mode: the public code's explicit N×N softmax (E8 has no objective to derive it from).
         """
         if self.mode == "exact":
             step = derive_step(CompressedCodingRate(eps=self.eps), step_size=self.kappa(x.shape[-2]))
-            return step(x, U=self.subspaces) - x
+            return -step.resolve_step_size(x, {"U": self.subspaces}) * step.gradient(x, U=self.subspaces)
         a = self.qkv(x).unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)  # (..., K, N, p)
         attn = torch.softmax(a @ a.mT * self.temperature, dim=-1)  # (..., K, N, N)
         return self._output((attn @ a).transpose(-3, -2).flatten(-2))

@@ -48,13 +48,15 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
 def global_gram(F: Tensor, group=None) -> tuple[Tensor, int]:
     """``(FᵀF summed over ranks (d, d), global number of rows n)`` for features ``F (n_local, d)``.
 
-    The Gram matrix is formed in float32 (at least) with autocast off, then all-reduced.
+    The Gram matrix is formed in float64 with autocast off, then all-reduced: with fewer rows
+    than features (n < d) it is singular, and float32 rounding (relative 1e-7 of ‖F‖²) would make
+    ``I + αG`` indefinite once α‖F‖² exceeds ~1e7, where float64 keeps it positive definite.
     """
     if F.ndim != 2:
         raise ValueError(f"F must have shape (n, d) (one feature row per sample), got shape {tuple(F.shape)}")
     with torch.autocast(F.device.type, enabled=False):
-        F = F.to(working_dtype(F.dtype))
-        G = all_reduce_sum(F.mT @ F, group)  # (d, d)
+        F = F.double()
+        G = all_reduce_sum(F.mT @ F, group)  # (d, d), float64
     n = all_reduce_sum(torch.tensor(float(F.shape[0]), device=F.device), group)
     return G, int(n.item())
 

@@ -143,6 +143,7 @@ class Measurement(Sequence):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         titles = {"Rc": "compression: $R^c(Z;U)$", "zero_fraction": "sparsity: fraction of zeros",
                   "R": "coding rate $R(Z)$", "srr": r"$\mu_{SRR}$", "dR": r"$\Delta R$",
@@ -154,6 +155,7 @@ class Measurement(Sequence):
                 ax.plot([r.layer + 1 for r in rows], [getattr(r, name) for r in rows], marker="o", label=site)
             ax.set_title(titles.get(name, name))
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0][0].legend()
         fig.suptitle(self._title(), fontsize=9)

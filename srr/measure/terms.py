@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from srr.measure.distributed import all_reduce_sum, global_gram, rates_from_gram
+from srr.linalg import working_dtype
 from srr.rates import coding_rate, compressed_coding_rate
 
 __all__ = ["SRRTerms", "batch_terms", "mean_terms", "sample_terms"]
@@ -56,12 +57,13 @@ def sample_terms(Z: Tensor, U: Tensor, *, eps: float, lam: float, R: Tensor | No
 
 def batch_terms(F: Tensor, U: Tensor, *, eps: float, lam: float, group=None) -> SRRTerms:
     """Parts of μ_SRR of the feature rows ``F (B, d)`` of the (global) batch, as one token set."""
-    G, n = global_gram(F, group)  # (d, d), summed over ranks
+    G, n = global_gram(F, group)  # (d, d) float64, summed over ranks
     R, Rc = rates_from_gram(G, n, U, eps)
     with torch.no_grad():
         counts = torch.stack([(F != 0).sum().to(R.dtype), F.abs().sum(dtype=R.dtype)])
         nonzero, l1 = all_reduce_sum(counts, group).unbind()
-    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / (n * F.shape[-1]), lam * nonzero + Rc - R)
+    terms = SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / (n * F.shape[-1]), lam * nonzero + Rc - R)
+    return SRRTerms(*(t.to(working_dtype(F.dtype)) for t in terms))  # float32 values for float32 features
 
 
 def mean_terms(terms: SRRTerms, group=None) -> SRRTerms:

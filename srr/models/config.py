@@ -71,6 +71,9 @@ class CRATEConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size must be divisible by patch_size, got image_size={self.image_size}, "
                              f"patch_size={self.patch_size}")
+        if self.patch_dim < 2:
+            raise ValueError(f"in_chans * patch_size**2 must be >= 2 (the LayerNorm of a one-value patch is constant, "
+                             f"so the model would see no image), got in_chans={self.in_chans}, patch_size={self.patch_size}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         if self.compression_step_size == "auto" and self.variant not in ("crate_exact", "crate_derived"):

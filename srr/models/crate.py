@@ -71,8 +71,8 @@ class CRATE(nn.Module):
         return nn.Linear(self.config.dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _init_vit(self) -> None:
-        """ViT/timm init: trunc-normal(0.02) for Linear weights and embeddings, zero biases.
-        Layer-specific parameters (ISTA dictionaries, derived layers) keep their layer's init."""
+        """ViT/timm init: trunc-normal(0.02) for Linear weights and embeddings, zero biases (as timm,
+        truncated at ±2 absolute, i.e. effectively untruncated at this std). Layer-specific parameters (ISTA dictionaries, derived layers) keep their layer's init."""
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():

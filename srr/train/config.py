@@ -36,9 +36,9 @@ class TrainConfig:
     train_subset: int | None = None  # train on the first n training images only (smoke runs, tests)
     num_workers: int | None = None  # None: 0 for in-memory data, else min(4, cpus)
     # optimisation
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 1e-5  # floor of the cosine schedule
     weight_decay: float = 0.05  # applied to weight matrices only
     warmup: float = 2.0  # epochs of linear warm-up (fractions allowed)

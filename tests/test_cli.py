@@ -1,0 +1,199 @@
+"""The ``srr`` command line through typer's CliRunner: every command on tiny settings, help texts,
+and bad input (one red line, a non-zero exit, never a traceback)."""
+import dataclasses
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from srr.cli import app
+from srr.cli import train as train_cli
+from srr.train import RunDir, TrainConfig
+
+runner = CliRunner()
+TINY = ["--epochs", "1", "--batch-size", "32", "--train-subset", "64", "--measure-samples", "8", "--threads", "1"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int, *fragments: str):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = run("train", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+# ----- commands -----------------------------------------------------------------------------------
+def test_train_writes_the_run_folder_and_prints_the_summary_table(trained):
+    out, result = trained
+    run_dir = RunDir(out)
+    for path in (run_dir.config, run_dir.metrics, run_dir.summary, run_dir.latest, run_dir.plots / "curves.png"):
+        assert path.is_file(), path
+    for text in ("test accuracy", "μ_SRR last layer", "images/s", str(out)):
+        assert text in result.stdout, text
+    assert json.loads(run_dir.summary.read_text())["epochs"] == 1
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(trained):
+    out, _ = trained
+    before = RunDir(out).read_metrics()
+    result = run("train", "--out", out, "--resume", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert RunDir(out).read_metrics() == before
+
+
+def test_eval_reports_accuracy_and_loss(trained):
+    out, _ = trained
+    result = run("eval", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"] == "digits" and report["split"] == "test" and report["n"] == 360
+    assert 0 <= report["accuracy"] <= 1 and report["loss"] > 0
+    summary = json.loads(RunDir(out).summary.read_text())
+    assert report["accuracy"] == pytest.approx(summary["test_accuracy"])  # same weights, same data
+    table = run("eval", RunDir(out).latest, "--split", "val")
+    assert table.exit_code == 0 and "accuracy" in table.stdout
+
+
+def test_measure_prints_the_layer_table_and_writes_plots(trained):
+    out, _ = trained
+    result = run("measure", out, "--samples", "16")
+    assert result.exit_code == 0, result.output
+    assert "μ_SRR" in result.stdout
+    for name in ("measure.png", "measure.csv", "measure.json"):
+        assert (out / "measure" / name).stat().st_size > 0
+    csv = run("measure", out, "--samples", "8", "--format", "csv", "--out", out / "m2")
+    header, *rows = csv.stdout.strip().splitlines()
+    assert header.startswith("layer,site") and len(rows) == 3 * 4  # 3 sites x 4 layers of crate_nano
+
+
+def test_models_lists_the_registry_and_variants():
+    result = run("models")
+    assert result.exit_code == 0
+    for name in ("crate_nano", "crate_tiny", "crate_t", "crate_exact"):
+        assert name in result.stdout
+    assert run("models", "no_such_*").exit_code == 1
+
+
+def test_derive_prints_objective_layer_and_a_descent_check():
+    result = run("derive", "Rc(eps=0.5) + 0.1*L1 + NonNeg", "--trials", "16")
+    assert result.exit_code == 0, result.output
+    for text in ("R^c(Z; U, ε=0.5)", "prox", "holds in 16/16", "U (4, 16, 4)"):
+        assert text in result.stdout, text
+
+
+def test_derive_reports_a_failed_descent_with_a_step_far_above_the_bound():
+    result = run("derive", "Rc(eps=0.5)", "--step-size", "100", "--trials", "8")
+    assert result.exit_code == 1 and "fails" in result.stdout
+
+
+def test_imagefolder_wiring(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, colour in (("cats", 40), ("dogs", 200)):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                pixels = np.clip(colour + rng.normal(0, 20, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    result = run("train", "--dataset", "imagefolder", "--data-dir", tmp_path / "images", "--image-size", "8",
+                 "--epochs", "1", "--batch-size", "4", "--val-fraction", "0", "--measure-samples", "4",
+                 "--threads", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    config = json.loads(RunDir(out).config.read_text())
+    assert config["dataset"] == "imagefolder"
+    report = json.loads(run("eval", out, "--json").stdout)
+    assert report["n"] == 8 and report["dataset"] == "imagefolder"
+
+
+# ----- help and defaults --------------------------------------------------------------------------
+@pytest.mark.parametrize("command,options", [
+    ("train", ["--model", "--dataset", "--epochs", "--srr-weight", "--resume", "--amp", "--compile", "--device"]),
+    ("eval", ["CHECKPOINT", "--split"]),
+    ("measure", ["CHECKPOINT", "--samples", "--format"]),
+    ("derive", ["OBJECTIVE", "--step-size"]),
+    ("models", ["PATTERN"]),
+    ("bench", ["--quick"]),
+])
+def test_help_texts(command, options):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    for option in options:
+        assert option in result.stdout, option
+
+
+def test_top_level_help_lists_every_command():
+    result = run("--help")
+    for command in ("train", "eval", "measure", "derive", "models", "bench"):
+        assert command in result.stdout
+
+
+def test_train_option_defaults_are_the_library_defaults():
+    renamed = {"workers": "num_workers"}
+    defaults = TrainConfig()
+    for name, parameter in inspect.signature(train_cli.train).parameters.items():
+        field = renamed.get(name, name)
+        if field in ("progress",):
+            continue
+        expected = getattr(defaults, field)
+        if field == "grad_clip" and expected is None:
+            expected = 0.0
+        assert parameter.default == expected, (name, parameter.default, expected)
+    cli_fields = {renamed.get(n, n) for n in inspect.signature(train_cli.train).parameters}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= cli_fields
+
+
+# ----- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,fragments", [
+    (["--model", "crate_nope"], ["unknown model", "crate_nano"]),
+    (["--dataset", "imagenet42"], ["unknown dataset", "digits", "cifar10"]),
+    (["--variant", "crate_z"], ["unknown variant", "crate_t"]),
+    (["--epochs", "-1"], ["epochs", "-1"]),
+    (["--epochs", "0"], ["epochs"]),
+    (["--batch-size", "-4"], ["batch_size"]),
+    (["--lr", "0"], ["lr"]),
+    (["--optimizer", "lbfgs"], ["optimizer", "adamw"]),
+    (["--resume"], ["--resume needs --out"]),
+])
+def test_train_rejects_bad_options_in_one_line(args, fragments):
+    assert_one_line_error(run("train", *args), 2, *fragments)
+
+
+def test_resume_without_a_run_folder(tmp_path):
+    assert_one_line_error(run("train", "--resume", "--out", tmp_path / "missing"), 2, "not a run folder")
+
+
+def test_missing_dataset_files_name_the_path_and_suggest_download(tmp_path):
+    result = run("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--epochs", "1")
+    assert_one_line_error(result, 1, str(tmp_path), "--download")
+
+
+def test_unreadable_and_missing_checkpoints(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert_one_line_error(run("eval", garbage), 1, "could not read checkpoint")
+    assert_one_line_error(run("measure", garbage), 1, "could not read checkpoint")
+    assert_one_line_error(run("eval", tmp_path / "nothing.pt"), 1, "does not exist")
+    assert_one_line_error(run("eval", tmp_path), 1, "not a run folder")
+
+
+def test_derive_rejects_an_unknown_term():
+    assert_one_line_error(run("derive", "Foo + L1"), 2, "unknown term 'Foo'")

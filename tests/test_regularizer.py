@@ -1,0 +1,267 @@
+"""SRRRegularizer: value, gradient routing, hooks, numerics, and its effect in training (HU24 §6)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from srr.data import load_dataset
+from srr.measure import Fixed, FromData, Learned, SRRRegularizer, measure
+from srr.models import create_model
+from srr.rates import coding_rate, compressed_coding_rate, sparse_rate_reduction
+
+
+def _crate(dtype=torch.float64):
+    torch.manual_seed(0)
+    return create_model("crate_nano").to(dtype)
+
+
+def _images(n=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, 1, 8, 8, generator=g, dtype=dtype), torch.randint(0, 10, (n,), generator=g)
+
+
+def _tiny_vit():
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                                hidden_dim=32, mlp_dim=64, num_classes=10).double()
+
+
+def _touched(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+# ----- value ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_crate_value_equals_plain_computation_from_intermediates_and_subspaces(detach):
+    model = _crate()
+    x, _ = _images()
+    with SRRRegularizer(model, layers=[1, 3], weight=0.3, eps=0.5, lam=0.1, detach_input=detach) as reg:
+        model(x)
+        value = reg()
+    _, layers = model.forward_intermediates(x)
+    U = model.layer_subspaces()
+    parts = [sparse_rate_reduction(layers[ell].output, U[ell], 0.5, 0.1).mean() for ell in (1, 3)]
+    torch.testing.assert_close(value, 0.3 * (parts[0] + parts[1]) / 2, rtol=1e-12, atol=0)
+    torch.testing.assert_close(reg.parts["transformer.layers.3"].srr, parts[1].detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(reg.parts["transformer.layers.3"].R, coding_rate(layers[3].output, 0.5).mean().detach())
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_batch_scope_is_the_rate_of_the_pooled_features(pool):
+    model = _crate()
+    x, _ = _images(12)
+    with SRRRegularizer(model, layers=[-1], weight=1.0, eps=0.5, scope="batch", pool=pool) as reg:
+        features = model.forward_features(x)  # (B, N, d)
+        value = reg()
+    F_ = features[:, 0] if pool == "cls" else features.mean(1)  # (B, d): one token per sample
+    U = model.layer_subspaces()[-1]
+    expected = 0.1 * (F_ != 0).sum().double() + compressed_coding_rate(F_, U, 0.5) - coding_rate(F_, 0.5)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=0)
+
+
+def test_auto_pool_follows_the_model():
+    assert SRRRegularizer(_crate(), scope="batch").pool == "cls"
+    assert SRRRegularizer(create_model("crate_nano", pool="mean"), scope="batch").pool == "mean"
+    assert SRRRegularizer(_tiny_vit(), scope="batch").pool == "cls"
+    assert SRRRegularizer(torchvision.models.resnet18(), subspaces=FromData(heads=4), scope="batch").pool == "mean"
+
+
+# ----- gradients ------------------------------------------------------------------------------
+
+def test_detached_form_equals_recomputing_the_block_on_a_detached_input():
+    """HU24's form: grad(CE + reg) = grad(CE) + grad of μ_SRR(f_ℓ(detach(Z^ℓ))) w.r.t. layer ℓ only."""
+    model = _crate()
+    x, y = _images()
+    ell = 2
+    with SRRRegularizer(model, layers=[ell], weight=0.7, eps=0.5) as reg:
+        (F.cross_entropy(model(x), y) + reg()).backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _, layers = model.forward_intermediates(x)
+    out = model.blocks()[ell](layers[ell].input.detach())  # recomputed on a detached input
+    term = 0.7 * sparse_rate_reduction(out, model.layer_subspaces()[ell], 0.5, 0.1).mean()
+    (F.cross_entropy(model(x), y) + term).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_detached_form_runs_each_block_once():
+    model = _crate()
+    calls = []
+    model.blocks()[2].register_forward_hook(lambda *a: calls.append(1))
+    with SRRRegularizer(model, layers=[2], weight=1.0) as reg:
+        x, y = _images()
+        (F.cross_entropy(model(x), y) + reg()).backward()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_crate_gradient_reaches_only_the_intended_parameters(detach):
+    model = _crate()
+    with SRRRegularizer(model, layers=[1], weight=1.0, detach_input=detach) as reg:
+        model(_images()[0])
+        reg().backward()
+    touched = _touched(model)
+    assert any(n.startswith("transformer.layers.1.") for n in touched)
+    assert not any(n.startswith(("transformer.layers.2.", "transformer.layers.3.", "mlp_head")) for n in touched)
+    earlier = {n for n in touched if n.startswith(("transformer.layers.0.", "to_patch", "pos_emb", "cls_token"))}
+    assert (earlier == set()) == detach
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_vit_gradient_reaches_only_the_intended_parameters(detach):
+    vit = _tiny_vit()
+    with SRRRegularizer(vit, layers=[1], weight=1.0, detach_input=detach) as reg:
+        vit(torch.randn(4, 3, 32, 32, dtype=torch.float64))
+        reg().backward()
+    touched = _touched(vit)
+    assert "encoder.layers.encoder_layer_1.self_attention.in_proj_weight" in touched  # the block and its U
+    assert not any("encoder_layer_2" in n or n.startswith(("heads", "encoder.ln")) for n in touched)
+    earlier = {n for n in touched if "encoder_layer_0" in n or n in ("class_token", "conv_proj.weight")}
+    assert (earlier == set()) == detach
+
+
+@pytest.mark.parametrize("policy", ["data", "learned"])
+def test_resnet_gradient_reaches_only_the_regularised_stage(policy):
+    resnet = torchvision.models.resnet18(num_classes=10)
+    subspaces = FromData(heads=4) if policy == "data" else Learned(heads=4)
+    with SRRRegularizer(resnet, layers=["layer3"], weight=1.0, subspaces=subspaces) as reg:
+        resnet(torch.randn(4, 3, 32, 32))
+        reg().backward()
+    assert {n.split(".")[0] for n in _touched(resnet)} == {"layer3"}
+    learned = list(reg.parameters())
+    assert (len(learned) > 0) == (policy == "learned")
+    assert all(p.grad is not None for p in learned)
+
+
+def test_learned_subspaces_train_and_stay_orthonormal():
+    vit = _tiny_vit().float()
+    reg = SRRRegularizer(vit, layers=[-1], weight=1.0, subspaces=Learned(heads=2, head_dim=8))
+    optimizer = torch.optim.SGD(reg.parameters(), lr=1e-2)
+    x = torch.randn(8, 3, 32, 32)
+    values = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        vit(x)
+        value = reg()
+        value.backward()
+        optimizer.step()
+        values.append(value.item())
+    assert values[-1] < values[0]  # U moves to where the tokens compress better
+    U = reg.policy.subspaces(0)
+    W = U.transpose(1, 2).reshape(16, 32)
+    torch.testing.assert_close(W @ W.T, torch.eye(16), atol=1e-4, rtol=0)
+    reg.close()
+
+
+# ----- hooks ----------------------------------------------------------------------------------
+
+def test_hooks_are_removed_when_the_regulariser_is_closed():
+    model = _crate()
+    x, _ = _images()
+    before = model(x)
+    with SRRRegularizer(model, layers=[0, 3]) as reg:
+        assert reg.active and model.blocks()[0]._forward_pre_hooks and model.blocks()[3]._forward_hooks
+        model(x)
+        reg()
+    assert not reg.active
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="no tokens captured"):
+        reg()
+
+
+def test_calling_twice_without_a_forward_is_an_error():
+    model = _crate()
+    with SRRRegularizer(model) as reg:
+        model(_images()[0])
+        reg()
+        with pytest.raises(RuntimeError, match="forward pass"):
+            reg()
+
+
+def test_no_grad_forward_is_left_untouched():
+    model = _crate()
+    x, _ = _images()
+    with SRRRegularizer(model, layers=[1]) as reg, torch.no_grad():
+        out = model(x)
+        value = reg()
+    assert not out.requires_grad and not value.requires_grad
+
+
+def test_bad_arguments_are_named():
+    model = _crate()
+    with pytest.raises(ValueError, match="scope"):
+        SRRRegularizer(model, scope="token")
+    with pytest.raises(ValueError, match="weight"):
+        SRRRegularizer(model, weight=-1.0)
+    with pytest.raises(ValueError, match="pool"):
+        SRRRegularizer(model, pool="max")
+    with pytest.raises(ValueError, match="no module named"):
+        SRRRegularizer(model, layers=["transformer.nope"])
+    with pytest.raises(ValueError, match=r"shape \(K, d=64, p\)"):
+        with SRRRegularizer(model, subspaces=Fixed(torch.randn(2, 5, 3))) as reg:
+            model(_images()[0])
+            reg()
+
+
+# ----- numerics -------------------------------------------------------------------------------
+
+def test_autocast_gives_finite_values_close_to_float32():
+    model = _crate(torch.float32)
+    x, y = _images(dtype=torch.float32)
+    with SRRRegularizer(model, layers=[-1], weight=1.0) as reg:
+        model(x)
+        reference = reg().item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y) + reg()
+        loss.backward()
+    assert torch.isfinite(loss) and abs(reg.parts["transformer.layers.3"].srr.item() - reference) < 0.05 * abs(reference)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6, 1e12])
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+def test_extreme_token_scales_never_give_nan(scale, scope):
+    """Large Gram matrices make float32 Cholesky fail; the rates retry in float64 instead of NaN."""
+    layer = torch.nn.Linear(16, 16)
+    model = torch.nn.Sequential(layer)
+    U = torch.linalg.qr(torch.randn(16, 16)).Q.reshape(16, 4, 4).transpose(0, 1).contiguous()  # (4, 16, 4)
+    with SRRRegularizer(model, layers=["0"], weight=1.0, subspaces=Fixed(U), scope=scope, pool="mean") as reg:
+        model(scale * torch.randn(6, 10, 16))
+        value = reg()
+        value.backward()
+    assert torch.isfinite(value) and torch.isfinite(layer.weight.grad).all()
+
+
+# ----- effect in training ---------------------------------------------------------------------
+
+def _train(weight: float, steps: int = 20) -> float:
+    torch.manual_seed(0)
+    model = create_model("crate_nano")
+    ds = load_dataset("digits", split="train")
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    reg = SRRRegularizer(model, layers=[-1], weight=weight)
+    step = 0
+    while step < steps:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y) + (reg() if weight else 0.0)
+            reg._captured.clear()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step == steps:
+                break
+    reg.close()
+    table = measure(model, ds, limit=128, progress=False)
+    return table.select("out")[-1].srr
+
+
+def test_training_with_the_regulariser_lowers_the_regularised_layers_srr():
+    without, with_reg = _train(0.0), _train(0.05)
+    assert with_reg < without - 1.0, (without, with_reg)

@@ -1,0 +1,78 @@
+"""Runs lose nothing: a real ``python -m srr train`` process, killed by a real signal once its first
+checkpoint exists, then resumed with ``--resume``, ends with the weights of an uninterrupted run.
+
+SIGKILL: nothing is saved at the kill; the run continues from the last checkpoint (a mid-epoch
+one, ``--checkpoint-every``). SIGTERM: the run saves at the next step boundary and exits 130.
+Dropout and augmentation are on, so every RNG and the data position must come back exactly.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ARGS = ["--train-subset", "256", "--batch-size", "32", "--epochs", "5", "--measure-samples", "0", "--dropout", "0.1",
+        "--augment", "--checkpoint-every", "3", "--threads", "1", "--quiet"]
+STEPS = 5 * 256 // 32
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_process(out, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "srr", "train", "--out", str(out), *ARGS, *extra], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def weights(run) -> dict:
+    return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["state_dict"]
+
+
+def progress(run) -> dict:
+    return torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["extra"]["progress"]
+
+
+def interrupt_after_first_checkpoint(out, sig) -> subprocess.CompletedProcess:
+    process = train_process(out)
+    latest = out / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 180
+    while not latest.exists():
+        assert process.poll() is None, f"the run ended before its first checkpoint: {finish(process).stderr}"
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.005)
+    process.send_signal(sig)
+    return finish(process)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    done = finish(train_process(out))
+    assert done.returncode == 0, done.stderr
+    assert progress(out)["global_step"] == STEPS
+    return weights(out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted, sig):
+    out = tmp_path / "run"
+    killed = interrupt_after_first_checkpoint(out, sig)
+    if sig == signal.SIGKILL:
+        assert killed.returncode == -signal.SIGKILL
+    else:  # saved at a step boundary, said how to continue
+        assert killed.returncode == 130, killed.stderr
+        assert "SIGTERM" in killed.stderr and "--resume" in killed.stderr and "Traceback" not in killed.stderr
+    stopped_at = progress(out)["global_step"]
+    assert 0 < stopped_at < STEPS, "the kill must land mid-run"
+    resumed = finish(train_process(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    final = weights(out)
+    assert progress(out)["global_step"] == STEPS
+    for name, value in uninterrupted.items():
+        assert torch.equal(final[name], value), name
