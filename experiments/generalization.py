@@ -92,7 +92,7 @@ def statistics(models: list[dict], hyperparameters: list[str]) -> list[dict]:
 
     rows = []
     subsets = [("all", models)]
-    widths = sorted({m["width"] for m in models})
+    widths = sorted({m["width"] for m in models if "width" in m})
     if len(widths) > 1:
         subsets += [(f"width {w}", [m for m in models if m["width"] == w]) for w in widths]
     for name, subset in subsets:

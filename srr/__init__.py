@@ -2,11 +2,25 @@
 
 The dependency direction is one way: objective → derivation → layers → models →
 measurement / regularisation → training → CLI (see ``docs/architecture.md``).
+
+- the objective: ``coding_rate`` (E1), ``compressed_coding_rate`` (E2), ``rate_reduction`` (E3),
+  ``sparse_rate_reduction`` (E4), and the symbolic terms in ``srr.objective``;
+- derivation: ``derive_step``, ``derive`` (layers as proximal-gradient steps, ``torch.func``);
+- layers: ``MSSA``, ``ISTA``, ``OvercompleteISTA``, ``check`` (fast layer vs derived reference);
+- models: ``create_model``, ``list_models``, ``register_model`` (the CRATE family);
+- measurement: ``measure``, ``SRRRegularizer``, ``generalization`` statistics (``srr.measure``).
 """
 from srr import objective
 from srr.rates import (Sparsity, coding_rate, coding_rate_grad, compressed_coding_rate,
                        compressed_coding_rate_grad, crate_vis_compressed_coding_rate, rate_reduction,
                        sparse_rate_reduction, sparsity)
+from srr.derive import DerivedLayer, derive, derive_step
+from srr.layers import ISTA, MSSA, CheckReport, OvercompleteISTA, check
+from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create_model, list_models,
+                        list_variants, load_public_state_dict, param_groups, register_model, save_checkpoint)
+from srr import measure
+from srr.measure import SRRRegularizer
+from srr.measure import generalization
 
 __version__ = "0.1.0"
 
@@ -15,4 +29,9 @@ __all__ = [
     "coding_rate", "compressed_coding_rate", "rate_reduction", "sparsity", "Sparsity",
     "sparse_rate_reduction", "coding_rate_grad", "compressed_coding_rate_grad",
     "crate_vis_compressed_coding_rate",
+    "derive_step", "derive", "DerivedLayer",
+    "MSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport",
+    "CRATE", "CRATEConfig", "LayerTokens", "create_model", "list_models", "list_variants", "register_model",
+    "save_checkpoint", "load_public_state_dict", "CheckpointError", "param_groups",
+    "measure", "SRRRegularizer", "generalization",
 ]

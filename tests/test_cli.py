@@ -197,3 +197,13 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
 
 def test_derive_rejects_an_unknown_term():
     assert_one_line_error(run("derive", "Foo + L1"), 2, "unknown term 'Foo'")
+
+
+def test_bench_prints_the_headline_table():
+    result = run("bench", "--quick", "--only", "train", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "loader vs model images/s" in result.stdout and "×" in result.stdout
+
+
+def test_bench_rejects_unknown_benchmarks():
+    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, train")

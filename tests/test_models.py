@@ -6,7 +6,6 @@ with temperature p^{-1/2}, an untied output Linear, the 3-matmul ISTA step, no I
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest

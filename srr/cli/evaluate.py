@@ -12,7 +12,7 @@ from .errors import stdout, user_errors
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
     split: Annotated[str, typer.Option(help="train, val (held out by srr train) or test.")] = "test",
     dataset: Annotated[Optional[str], typer.Option(help="Dataset. Default: the one the checkpoint was trained on.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,

@@ -20,7 +20,7 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def measure_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
     split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
     samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
     eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
