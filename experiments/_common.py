@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import random
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None = None,
     for flags, kwargs in extra:
         parser.add_argument(*flags, **kwargs)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if args.out is None:
         args.out = RESULTS / name / "quick" if args.quick else RESULTS / name
@@ -96,7 +98,7 @@ def write_json(path: Path, payload: Mapping) -> Path:
 
 def summary(name: str, args, started: float, **fields) -> dict:
     """The ``summary.json`` payload common to all experiments."""
-    return {"experiment": name, "command": f"python -m experiments.{name}" + (" --quick" if args.quick else ""),
+    return {"experiment": name, "command": " ".join(["python -m experiments." + name, *args.argv]),
             "quick": args.quick, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2),
             "machine": machine(), **fields}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srr.derive import compression_step_size, derive
@@ -19,6 +19,7 @@ f64 = torch.float64
 
 
 # ---- check: every fast layer against its reference ------------------------------------------------
+@settings(max_examples=12)  # each example: two checks of outputs and all gradients
 @given(K=st.integers(1, 4), p=st.integers(1, 6), extra=st.integers(0, 3), N=st.integers(1, 24),
        scale=st.floats(0.1, 3.0), eps=st.floats(0.3, 2.0), kappa=st.floats(0.01, 1.0), seed=st.integers(0, 2**16))
 def test_exact_mssa_equals_the_derived_step(K, p, extra, N, scale, eps, kappa, seed):
@@ -45,6 +46,7 @@ def test_softmax_mssa_equals_the_explicit_softmax(output):
     assert check(layer, tokens=11, dtype=torch.float32).ok(1e-5)
 
 
+@settings(max_examples=15)
 @given(d=st.integers(1, 24), N=st.integers(1, 16), eta=st.floats(0.01, 0.5), lam=st.floats(0.0, 0.5),
        learnable=st.booleans(), nonnegative=st.booleans(), scale=st.floats(0.1, 5.0), seed=st.integers(0, 2**16))
 def test_fast_ista_equals_the_derived_ista(d, N, eta, lam, learnable, nonnegative, scale, seed):

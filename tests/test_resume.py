@@ -1,9 +1,13 @@
 """Runs lose nothing: a real ``python -m srr train`` process, killed by a real signal once its first
-checkpoint exists, then resumed with ``--resume``, ends with the weights of an uninterrupted run.
+checkpoint exists, then resumed (``--resume``'s code path: the run folder's config with
+``resume=True``), ends with the weights of an uninterrupted run.
 
 SIGKILL: nothing is saved at the kill; the run continues from the last checkpoint (a mid-epoch
 one, ``--checkpoint-every``). SIGTERM: the run saves at the next step boundary and exits 130.
 Dropout and augmentation are on, so every RNG and the data position must come back exactly.
+The uninterrupted run and the resumption run in this process (one CPU thread, like the killed
+process), which keeps the test to one process start-up per signal. The SIGTERM case is marked
+slow (``pytest -m slow``): about 16 s on two cores, most of it starting Python and torch.
 """
 import os
 import signal
@@ -14,9 +18,11 @@ import time
 import pytest
 import torch
 
-ARGS = ["--train-subset", "256", "--batch-size", "32", "--epochs", "5", "--measure-samples", "0", "--dropout", "0.1",
+from srr.train import TrainConfig, train
+
+ARGS = ["--train-subset", "256", "--batch-size", "32", "--epochs", "4", "--measure-samples", "0", "--dropout", "0.1",
         "--augment", "--checkpoint-every", "3", "--threads", "1", "--quiet"]
-STEPS = 5 * 256 // 32
+STEPS = 4 * 256 // 32
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -50,19 +56,28 @@ def interrupt_after_first_checkpoint(out, sig) -> subprocess.CompletedProcess:
     return finish(process)
 
 
+def resume(out):
+    """What ``srr train --out OUT --resume`` runs."""
+    return train(TrainConfig.load(out / "config.json").replace(resume=True))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "whole"
-    done = finish(train_process(out))
-    assert done.returncode == 0, done.stderr
-    assert progress(out)["global_step"] == STEPS
-    return weights(out)
+    config = dict(train_subset=256, batch_size=32, epochs=4, measure_samples=0, dropout=0.1, augment=True,
+                  checkpoint_every=3, threads=1)
+    result = train(TrainConfig(out=str(out), **config))
+    assert result.global_step == STEPS
+    return TrainConfig(**config), weights(out)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(tmp_path, uninterrupted, sig):
+    reference, reference_weights = uninterrupted
     out = tmp_path / "run"
     killed = interrupt_after_first_checkpoint(out, sig)
+    assert TrainConfig.load(out / "config.json").replace(out=None) == reference  # the same run
     if sig == signal.SIGKILL:
         assert killed.returncode == -signal.SIGKILL
     else:  # saved at a step boundary, said how to continue
@@ -70,9 +85,8 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(tmp_path, unin
         assert "SIGTERM" in killed.stderr and "--resume" in killed.stderr and "Traceback" not in killed.stderr
     stopped_at = progress(out)["global_step"]
     assert 0 < stopped_at < STEPS, "the kill must land mid-run"
-    resumed = finish(train_process(out, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    resume(out)
     final = weights(out)
     assert progress(out)["global_step"] == STEPS
-    for name, value in uninterrupted.items():
+    for name, value in reference_weights.items():
         assert torch.equal(final[name], value), name

@@ -55,16 +55,15 @@ def bench_training(device: torch.device, *, batch: int, steps: int, autocast: to
         loss.backward()
         optimizer.step()
 
-    for rep in range(steps + 2):
+    for rep in range(steps + 1):  # rep 0 warms every configuration up
         for name, layers in configs.items():
-            # one regulariser at a time: hooks of the others are closed
+            # one regulariser at a time: the others' hooks are closed
             reg = SRRRegularizer(model, layers=layers, weight=1e-3) if layers is not None else None
-            step(reg)  # warm-up for this configuration
             _sync(device)
             t0 = time.perf_counter()
             step(reg)
             _sync(device)
-            if rep >= 2:
+            if rep > 0:
                 times[name].append(time.perf_counter() - t0)
             if reg is not None:
                 reg.close()
@@ -79,17 +78,17 @@ def bench_measure(device: torch.device, *, images: int, batch: int, reps: int, a
     data = torch.randn(images, 3, 32, 32, generator=g).to(device)
     batches = list(data.split(batch))
 
-    def plain():
+    def plain(batches=batches):
         with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             for x in batches:
                 model(x)
         _sync(device)
 
-    def measured():
+    def measured(batches=batches):
         measure(model, batches, progress=False, autocast=autocast)
         _sync(device)
 
-    plain(), measured()  # warm-up
+    plain(batches[:2]), measured(batches[:2])  # warm-up
     times = {"plain": [], "measure": []}
     for _ in range(reps):
         for name, fn in (("plain", plain), ("measure", measured)):
@@ -106,8 +105,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
-    parser.add_argument("--images", type=int, default=None, help="images measured (default: 10,000 on GPU, 512 on CPU)")
-    parser.add_argument("--measure-batch", type=int, default=500)
+    parser.add_argument("--images", type=int, default=None, help="images measured (default: 10,000 on GPU, 256 on CPU)")
+    parser.add_argument("--measure-batch", type=int, default=None, help="default: 500 on GPU, 64 on CPU")
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
     parser.add_argument("--skip", choices=["training", "measure"], default=None)
     args = parser.parse_args(argv)
@@ -117,14 +116,14 @@ def main(argv=None) -> dict:
     result = {"device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
               "autocast": args.autocast}
     if args.skip != "training":
-        result["training"] = bench_training(device, batch=args.batch, steps=args.steps or (20 if gpu else 3),
+        result["training"] = bench_training(device, batch=args.batch, steps=args.steps or (20 if gpu else 2),
                                             autocast=autocast)
         t = result["training"]
         print(f"training step, batch {args.batch}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t["step_s"].items())
               + f" | last/none = {t['ratio_last']:.3f} (target <= 1.05), all12/none = {t['ratio_all12']:.3f} (target <= 1.25)")
     if args.skip != "measure":
-        result["measure"] = bench_measure(device, images=args.images or (10_000 if gpu else 512),
-                                          batch=args.measure_batch, reps=3 if gpu else 1, autocast=autocast)
+        result["measure"] = bench_measure(device, images=args.images or (10_000 if gpu else 256),
+                                          batch=args.measure_batch or (500 if gpu else 64), reps=3 if gpu else 1, autocast=autocast)
         m = result["measure"]
         print(f"measure over {m['images']} images: plain {m['images_per_s']['plain']:.0f} img/s, "
               f"measure {m['images_per_s']['measure']:.0f} img/s | ratio = {m['throughput_ratio']:.3f} (target >= 0.80)")

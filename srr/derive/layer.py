@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from srr.derive.lipschitz import BoundFraction
-from srr.derive.step import Step, StepSize, derive_step
+from srr.derive.step import StepSize, derive_step
 from srr.objective import Objective, SeparablePenalty, Term
 
 
