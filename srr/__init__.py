@@ -8,7 +8,8 @@ measurement / regularisation → training → CLI (see ``docs/architecture.md``)
 - derivation: ``derive_step``, ``derive`` (layers as proximal-gradient steps, ``torch.func``);
 - layers: ``MSSA``, ``ISTA``, ``OvercompleteISTA``, ``check`` (fast layer vs derived reference);
 - models: ``create_model``, ``list_models``, ``register_model`` (the CRATE family);
-- measurement: ``measure``, ``SRRRegularizer``, ``generalization`` statistics (``srr.measure``).
+- measurement: ``measure``, ``SRRRegularizer``, ``generalization`` statistics (``srr.measure``);
+- training: ``srr.train`` (``TrainConfig``, ``srr.train.train``), the CLI ``srr`` (``srr.cli``).
 """
 from srr import objective
 from srr.rates import (Sparsity, coding_rate, coding_rate_grad, compressed_coding_rate,
@@ -21,6 +22,8 @@ from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create
 from srr import measure
 from srr.measure import SRRRegularizer
 from srr.measure import generalization
+from srr import train
+from srr.train import RunResult, TrainConfig
 
 __version__ = "0.1.0"
 
@@ -34,4 +37,5 @@ __all__ = [
     "CRATE", "CRATEConfig", "LayerTokens", "create_model", "list_models", "list_variants", "register_model",
     "save_checkpoint", "load_public_state_dict", "CheckpointError", "param_groups",
     "measure", "SRRRegularizer", "generalization",
+    "train", "TrainConfig", "RunResult",
 ]

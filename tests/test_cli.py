@@ -3,7 +3,6 @@ and bad input (one red line, a non-zero exit, never a traceback)."""
 import dataclasses
 import inspect
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

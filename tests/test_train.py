@@ -4,7 +4,6 @@ import json
 import math
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

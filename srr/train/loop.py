@@ -105,15 +105,19 @@ def train(config: TrainConfig, *, console: Console | None = None) -> RunResult:
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     env = D.setup(config.device)
     try:
-        with deterministic_algorithms(config.deterministic), cpu_threads(config.threads), stop_on_signals() as stop:
-            return _Trainer(config, env, console, stop).run()
+        with deterministic_algorithms(config.deterministic), cpu_threads(config.threads):
+            trainer = _Trainer(config, env, console)
+            with stop_on_signals() as stop:  # only once training starts: Ctrl-C during setup just stops
+                trainer.stop = stop
+                return trainer.run()
     finally:
         D.teardown(env)
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None, stop: StopRequest) -> None:
-        self.config, self.env, self.stop = config, env, stop
+    def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None) -> None:
+        self.config, self.env = config, env
+        self.stop = StopRequest()  # replaced by the signal-driven one in train()
         self.console = console if env.is_main else None
         root = config.out or str(Path("runs") / default_run_name(config.model, config.dataset))
         self.run_dir = RunDir(Path(D.broadcast_object(env, root)))
