@@ -266,3 +266,11 @@ def test_hu24_toy_setting_in_full(c):
     toy = dict(N=196, d=384, K=6)
     assert all(r > 0 for r in _toy_rate_changes("crate_c", c, **toy))
     assert all(r < 0 for r in _toy_rate_changes("crate_n", c, **toy))
+
+
+@pytest.mark.slow
+def test_benchmark_runs_and_the_fast_paths_agree_with_the_baselines():
+    from experiments.bench.bench_layers import main
+
+    (result,) = main(["--quick", "--shapes", "tiny"])
+    assert result["exact_rel_err"] < 1e-5 and result["block_rel_err"] < 1e-5

@@ -71,6 +71,16 @@ def test_a_layer_output_is_the_next_layers_mssa_input(crate, digits):
         assert (out.R, out.l0, out.l1) == (nxt.R, nxt.l0, nxt.l1)
 
 
+def test_a_subset_of_sites_gives_the_same_rows(crate, digits):
+    x = digits[0][:8].double()
+    full = measure(crate, x, progress=False)
+    for sites in (("out",), ("half", "mssa_in")):
+        part = measure(crate, x, sites=sites, progress=False)
+        assert part.rows == [r for r in full if r.site in sites]
+    with pytest.raises(ValueError, match="sites must be"):
+        measure(crate, x, sites=("ista",), progress=False)
+
+
 def test_measure_accepts_loaders_datasets_and_limits():
     model = create_model("crate_nano")
     ds = load_dataset("digits", split="test")
@@ -138,6 +148,38 @@ def test_default_sites_and_capture_hooks_are_removed(crate):
     with TokenCapture(crate, default_sites(crate)) as cap:
         assert cap.active and crate.transformer.layers[0]._forward_hooks
     assert not cap.active and not any(m._forward_hooks or m._forward_pre_hooks for m in crate.modules())
+
+
+class _TimmAttention(torch.nn.Module):  # the attribute layout of timm's Attention
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads, self.qkv = num_heads, torch.nn.Linear(dim, 3 * dim)
+
+    def forward(self, x):
+        return x + self.qkv(x)[..., : x.shape[-1]]
+
+
+class _TimmBlock(torch.nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.attn = _TimmAttention(dim, num_heads)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def test_from_model_splits_a_timm_style_qkv_into_heads():
+    model = torch.nn.Module()
+    model.blocks = torch.nn.Sequential(_TimmBlock(12, 3), _TimmBlock(12, 3))
+    model.forward = lambda x: model.blocks(x)
+    assert [s.module for s in default_sites(model)] == ["blocks.0", "blocks.1"]
+    for projection, third in (("q", 0), ("k", 1), ("v", 2)):
+        policy = FromModel(projection=projection)
+        policy.bind(model, list(model.blocks))
+        W = model.blocks[1].attn.qkv.weight[12 * third: 12 * (third + 1)]  # (d, d)
+        assert torch.equal(policy.subspaces(1), W.reshape(3, 4, 12).transpose(1, 2))
+    result = measure(model, torch.randn(5, 7, 12), progress=False)
+    assert [r.module for r in result] == ["blocks.0", "blocks.1"]
 
 
 def test_heads_to_subspaces_matches_crate_subspaces(crate):

@@ -19,11 +19,12 @@ import torch.multiprocessing as mp
 import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
-from srr.measure import SRRRegularizer
+from srr.measure import Learned, SRRRegularizer
 
 WORLD = 2
 BATCH = 8  # global; each rank holds BATCH // WORLD
 CASES = list(itertools.product(("sample", "batch"), (True, False)))
+LEARNED = [("sample", "learned"), ("batch", "learned")]  # learned subspaces, gradients synced by the regulariser
 
 
 def _model() -> torch.nn.Module:
@@ -45,12 +46,23 @@ def _step(model, reg, x, y):
     return loss.detach(), {k: v.srr for k, v in reg.parts.items()}, x.grad
 
 
-def _single(scope: str, detach: bool):
+def _regularizer(model, scope, detach):
+    if detach == "learned":
+        return SRRRegularizer(model, layers=[1], weight=0.5, scope=scope, subspaces=Learned(heads=2)).double()
+    return SRRRegularizer(model, layers=[0, 1], weight=0.5, scope=scope, detach_input=detach)
+
+
+def _grads(model, reg):
+    return {**{n: p.grad for n, p in model.named_parameters()},
+            **{f"reg.{n}": p.grad for n, p in reg.named_parameters()}}
+
+
+def _single(scope: str, detach):
     model = _model()
     x, y = _data()
-    with SRRRegularizer(model, layers=[0, 1], weight=0.5, scope=scope, detach_input=detach) as reg:
+    with _regularizer(model, scope, detach) as reg:
         loss, parts, grad_x = _step(model, reg, x, y)
-    return loss, parts, grad_x, {n: p.grad for n, p in model.named_parameters()}
+    return loss, parts, grad_x, _grads(model, reg)
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -60,16 +72,16 @@ def _worker(rank: int, port: int, out: str) -> None:
         results = {}
         x, y = _data()
         local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        for scope, detach in CASES:
+        for scope, detach in CASES + LEARNED:
             model = _model()
             ddp = DistributedDataParallel(model)
-            with SRRRegularizer(model, layers=[0, 1], weight=0.5, scope=scope, detach_input=detach) as reg:
+            with _regularizer(model, scope, detach) as reg:
                 loss, parts, grad_x = _step(ddp, reg, x[local], y[local])
+                reg.sync_gradients()
             # CE is a per-rank mean: the global-batch loss is the mean of per-rank losses
             ce_and_reg = loss.clone()
             dist.all_reduce(ce_and_reg)
-            results[(scope, detach)] = (ce_and_reg / WORLD, loss, parts, grad_x,
-                                        {n: p.grad for n, p in model.named_parameters()})
+            results[(scope, detach)] = (ce_and_reg / WORLD, loss, parts, grad_x, _grads(model, reg))
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -89,7 +101,7 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("scope,detach", CASES)
+@pytest.mark.parametrize("scope,detach", CASES + LEARNED)
 def test_value_and_gradients_equal_one_process_on_the_concatenated_batch(ranks, scope, detach):
     loss, parts, grad_x, grads = _single(scope, detach)
     for rank, results in enumerate(ranks):

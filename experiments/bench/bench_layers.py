@@ -9,7 +9,7 @@
 Timings are interleaved (ours, baseline, ours, ...) and the median of each is kept, so the ratios
 come from one run under the same machine load.
 
-    python -m experiments.bench.bench_layers [--quick] [--device cpu|cuda] [--batch 64] [--repeats 3]
+    python -m experiments.bench.bench_layers [--quick] [--device cpu|cuda] [--batch 64] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=197)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--shapes", default="tiny,base")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--no-amp", action="store_true", help="on CUDA, run the blocks in float32, not bf16 autocast")

@@ -1,6 +1,6 @@
 """``measure``: per-layer R, R^c, ΔR, sparsity and μ_SRR of a model over a data set (HU24 §5).
 
-For a CRATE model (``srr.models``) every layer ℓ is measured at three sites, from one
+For a CRATE model (``srr.models``) every layer ℓ is measured at three sites (``sites``), from one
 ``forward_intermediates`` pass: ``mssa_in`` = Z^ℓ (the block input, what the MSSA's LayerNorm
 receives), ``half`` = Z^{ℓ+½} and ``out`` = Z^{ℓ+1}, all with the layer's own subspaces
 ``U^ℓ = block.subspaces`` (the qkv weight split into heads).
@@ -82,22 +82,26 @@ class _Accumulator:
         return rows
 
 
-def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names) -> None:
+def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names, sites) -> None:
     _, layers = model.forward_intermediates(x)
     subspaces = model.layer_subspaces()
-    R_in = None
+    known: dict[int, Tensor] = {}  # R of a token set by identity: Z^{ℓ+1} is also layer ℓ+1's input
     for ell, (tokens, U) in enumerate(zip(layers, subspaces)):
-        Z = torch.stack([tokens.input, tokens.half, tokens.output])  # (3, B, N, d)
-        if R_in is None:  # Z^0; later layers' inputs are the previous outputs
-            R_in = coding_rate(tokens.input, eps, check_finite=False)
-        R_new = coding_rate(Z[1:], eps, check_finite=False)  # (2, B)
-        terms = sample_terms(Z, U.detach(), eps=eps, lam=lam, R=torch.cat([R_in[None], R_new]))  # each (3, B)
-        for i, site in enumerate(SITES):
+        Zs = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}
+        Zs = [Zs[site] for site in sites]
+        new = [Z for Z in Zs if id(Z) not in known]
+        if new:
+            for Z, R in zip(new, coding_rate(torch.stack(new), eps, check_finite=False)):  # one batched call
+                known[id(Z)] = R
+        R = torch.stack([known[id(Z)] for Z in Zs])  # (S, B)
+        terms = sample_terms(torch.stack(Zs), U.detach(), eps=eps, lam=lam, R=R)  # each (S, B)
+        for i, site in enumerate(sites):
             acc.add(ell, site, names[ell], SRRTerms(*(t[i] for t in terms)))
-        R_in = R_new[1]
+        known = {id(tokens.output): known[id(tokens.output)]} if id(tokens.output) in known else {}
 
 
 def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layers=None, subspaces="model",
+            sites: tuple[str, ...] = SITES,
             batch_size: int = 256, limit: int | None = None, device: torch.device | str | None = None,
             autocast: torch.dtype | None = None, progress: bool = True) -> Measurement:
     """Per-layer μ_SRR and its parts over ``data``, as a :class:`~srr.measure.table.Measurement`.
@@ -105,6 +109,8 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
     - ``data``: a DataLoader or iterable of batches (images, or ``(images, labels, ...)``), a Dataset
       (batched by ``batch_size``) or a tensor of images.
     - ``eps`` ε, ``lam`` λ of (E4); ``limit``: stop after this many samples.
+    - ``sites`` (CRATE): which of ``"mssa_in"``, ``"half"``, ``"out"`` to measure; each costs a
+      projection ``Z U^ℓ`` (N·d·Kp multiply-adds per image), about a third of the layer itself.
     - ``layers`` / ``subspaces``: for models other than CRATE (see the module docstring); for a
       CRATE model ``layers=None`` and ``subspaces="model"`` (its own U^ℓ).
     - ``autocast``: a dtype to run the model's forward under ``torch.autocast`` (rates stay in float32).
@@ -122,17 +128,22 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
     if device is None:
         device = next(model.parameters()).device
     crate = is_crate(model) and layers is None and isinstance(subspaces, str) and subspaces == "model"
+    if isinstance(sites, str):
+        sites = (sites,)
+    if not sites or any(s not in SITES for s in sites) or len(set(sites)) != len(sites):
+        raise ValueError(f"sites must be distinct names among {SITES}, got {sites!r}")
+    sites = tuple(s for s in SITES if s in sites)  # forward order
     names = {id(m): n for n, m in model.named_modules()}
     acc = _Accumulator()
     capture = policy = None
     if crate:
         crate_names = [names[id(b)] for b in model.blocks()]
     else:
-        sites = as_sites(model, layers)
+        token_sites = as_sites(model, layers)
         modules = dict(model.named_modules())
         policy = make_policy(subspaces, model)
-        policy.bind(model, [modules[s.module] for s in sites])
-        capture = TokenCapture(model, sites, detach=True)
+        policy.bind(model, [modules[s.module] for s in token_sites])
+        capture = TokenCapture(model, token_sites, detach=True)
     batches = _batches(data, batch_size)
     total = len(batches) if hasattr(batches, "__len__") else None
     was_training = model.training
@@ -146,15 +157,15 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
                 x = x.to(device, non_blocking=True)
                 with torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None):
                     if crate:
-                        _measure_crate(model, x, acc, eps=eps, lam=lam, names=crate_names)
+                        _measure_crate(model, x, acc, eps=eps, lam=lam, names=crate_names, sites=sites)
                     else:
                         capture.clear()
                         model(x)
                 if not crate:
-                    tokens = [capture.tokens[s.label] for s in sites]
+                    tokens = [capture.tokens[s.label] for s in token_sites]
                     if policy.needs_fit:
                         policy.fit(tokens, y)
-                    for i, (site, Z) in enumerate(zip(sites, tokens)):
+                    for i, (site, Z) in enumerate(zip(token_sites, tokens)):
                         U = check_policy_subspaces(policy.subspaces(i), Z.shape[-1], site.label).detach()
                         acc.add(i, "out", site.label, sample_terms(Z, U, eps=eps, lam=lam))
                 acc.count += len(x)

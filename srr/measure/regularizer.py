@@ -33,9 +33,11 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from srr._checks import check_eps, check_nonnegative
+from srr.measure.distributed import is_distributed
 from srr.measure.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
 from srr.measure.terms import SRRTerms, batch_terms, mean_terms, sample_terms
 from srr.measure.tokens import TokenSite, as_sites, to_tokens
@@ -83,6 +85,8 @@ class SRRRegularizer(nn.Module):
     - ``scope``: ``"sample"`` or ``"batch"``; ``pool`` (batch scope): ``"cls"``, ``"mean"``, a
       callable ``(B, N, d) -> (B, d)``, or ``"auto"`` (the model's own pooling; CLS for ViTs).
     - ``group``: the ``torch.distributed`` process group (default: the world, when initialised).
+      Learned subspaces are not part of the DDP-wrapped model: call :meth:`sync_gradients` after
+      ``backward()``.
 
     Hooks stay until :meth:`close` (or the end of a ``with`` block).
     """
@@ -164,7 +168,7 @@ class SRRRegularizer(nn.Module):
                                f"forward pass (with the hooks attached, i.e. before close()) before calling the regulariser")
         tokens = [self._features(self._captured.pop(label)) for label in self.labels]
         if self.policy.needs_fit:
-            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(0) for t in tokens], targets)
+            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(1) for t in tokens], targets)  # a feature row is a sample
         self.parts = {}
         total = 0.0
         for i, (label, Z) in enumerate(zip(self.labels, tokens)):
@@ -176,6 +180,20 @@ class SRRRegularizer(nn.Module):
             self.parts[label] = SRRTerms(*(t.detach() for t in terms))
             total = total + terms.srr
         return self.weight * total / len(self.labels)
+
+    def sync_gradients(self) -> None:
+        """Average the gradients of the regulariser's own parameters (learned subspaces) over ranks.
+
+        DDP averages the wrapped model's gradients only; call this after ``backward()`` so that
+        learned subspaces get the single-process gradient of the global batch too.
+        """
+        if not is_distributed(self.group):
+            return
+        world = dist.get_world_size(self.group)
+        for p in self.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, group=self.group)
+                p.grad /= world
 
     # ----- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
