@@ -254,7 +254,7 @@ def test_extreme_token_scales_never_give_nan(scale, scope):
 
 # ----- effect in training ---------------------------------------------------------------------
 
-def _train(weight: float, steps: int = 20) -> float:
+def _train(weight: float, steps: int = 40) -> float:
     torch.manual_seed(0)
     model = create_model("crate_nano")
     ds = load_dataset("digits", split="train")
@@ -279,4 +279,4 @@ def _train(weight: float, steps: int = 20) -> float:
 
 def test_training_with_the_regulariser_lowers_the_regularised_layers_srr():
     without, with_reg = _train(0.0), _train(0.05)
-    assert with_reg < without - 1.0, (without, with_reg)
+    assert with_reg < without - 5.0, (without, with_reg)  # about 50 vs 36 at 40 steps

@@ -16,6 +16,13 @@ the layer's output is handed on through ``_Reconnect``, whose backward sends the
 weights skipped). The regulariser's gradient enters the layer below ``_Reconnect`` and ends at
 the leaf ``Z_d``. ``detach_input=False``: the plain form, gradient through everything.
 
+Cost: the rates of one layer (a projection ``Z U``, small Cholesky factorisations, and their
+backward), plus, for the detached form, that extra input-gradient pass — about one forward of
+the layer. Backpropagation is linear in the output gradient, so any exact implementation of
+the detached form must propagate the task gradient and the regulariser's gradient through the
+layer separately: with every layer of an L-layer model regularised the extra work is ≥ 1/3 of
+a training step (forward 1, backward 2), whatever the implementation.
+
 **Scopes**: ``"sample"`` — each sample's N tokens are one token set (the papers' form),
 μ_SRR averaged over the batch; ``"batch"`` — one feature row per sample (``pool``: the CLS token
 or the mean token), the batch is one token set (MCR²'s form). Under ``torch.distributed`` both
