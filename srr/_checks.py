@@ -72,3 +72,16 @@ def check_nonnegative(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def check_finite_gram(G: Tensor, Z: Tensor, name: str = "Z") -> None:
+    """Finiteness of ``Z`` read off a Gram matrix of it (NaN/Inf in ``Z`` always reach ``G``).
+
+    ``G`` is far smaller than ``Z``, so this costs a fraction of scanning ``Z``; ``Z`` itself is
+    scanned only to word the error, which also names a finite ``Z`` whose Gram overflows.
+    """
+    if bool(torch.isfinite(G).all()):
+        return
+    check_tokens(Z, name)  # raises, counting the NaN/Inf entries, when Z has any
+    raise ValueError(f"{name} is finite but its Gram matrix overflows {G.dtype} (largest |entry| "
+                     f"{float(Z.detach().abs().max()):.3g}); rescale {name} or pass float64")

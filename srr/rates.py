@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from srr._checks import check_eps, check_subspaces, check_tokens
+from srr._checks import check_eps, check_finite_gram, check_subspaces, check_tokens
 from srr.linalg import gram, logdet_identity_plus, solve_identity_plus, working_dtype
 
 
@@ -29,7 +29,7 @@ def _project(Z: Tensor, U: Tensor) -> Tensor:
     """``A_k = Z U_k`` for all k at once: ``(..., N, d), (K, d, p) -> (..., K, N, p)``."""
     K, d, p = U.shape
     A = Z @ U.permute(1, 0, 2).reshape(d, K * p)  # (..., N, K·p)
-    return A.unflatten(-1, (K, p)).transpose(-3, -2)  # (..., K, N, p)
+    return A.unflatten(-1, (K, p)).transpose(-3, -2).contiguous()  # (..., K, N, p); contiguous: faster Grams
 
 
 def _per_subspace_eps(eps, K: int, ref: Tensor):
@@ -44,16 +44,19 @@ def _per_subspace_eps(eps, K: int, ref: Tensor):
 def coding_rate(Z: Tensor, eps: float, *, check_finite: bool = True) -> Tensor:
     """(E1) ``R(Z; ε) = ½ logdet(I_d + α ZᵀZ)``, ``α = d/(Nε²)``. ``(..., N, d) -> (...)``.
 
-    Uses the smaller of the d×d and N×N Gram matrices (Sylvester), never both.
+    Uses the smaller of the d×d and N×N Gram matrices (Sylvester), never both. NaN/Inf in ``Z``
+    are detected on that Gram (``check_finite=False`` skips the check).
     """
-    check_tokens(Z, "Z", check_finite=check_finite)
+    check_tokens(Z, "Z", check_finite=False)
     eps = check_eps(eps)
     if isinstance(eps, Tensor):
         raise ValueError(f"eps of coding_rate must be a single float, got a tensor of shape {tuple(eps.shape)}")
     N, d = Z.shape[-2:]
     with torch.autocast(Z.device.type, enabled=False):
-        Z = _promote(Z)
-        return 0.5 * logdet_identity_plus(gram(Z), d / (N * eps**2))
+        G = gram(_promote(Z))
+        if check_finite:
+            check_finite_gram(G, Z)
+        return 0.5 * logdet_identity_plus(G, d / (N * eps**2))
 
 
 def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = False,
@@ -64,16 +67,18 @@ def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = Fa
     ``eps`` may be one float or K values (one ε per subspace). The K logdets are one batched
     call; each uses the smaller of the p×p and N×N Gram matrices.
     """
-    check_tokens(Z, "Z", check_finite=check_finite)
+    check_tokens(Z, "Z", check_finite=False)
     check_subspaces(U, Z.shape[-1])
     eps = check_eps(eps)
     K, _, p = U.shape
     N = Z.shape[-2]
     with torch.autocast(Z.device.type, enabled=False):
-        Z, U = _promote(Z), U.to(working_dtype(Z.dtype))
-        A = _project(Z, U)
-        beta = p / (N * _per_subspace_eps(eps, K, Z) ** 2)
-        per_head = 0.5 * logdet_identity_plus(gram(A), beta)  # (..., K)
+        Zw, Uw = _promote(Z), U.to(working_dtype(Z.dtype))
+        G = gram(_project(Zw, Uw))  # (..., K, m, m), m = min(p, N)
+        if check_finite:
+            check_finite_gram(G, Z)
+        beta = p / (N * _per_subspace_eps(eps, K, Zw) ** 2)
+        per_head = 0.5 * logdet_identity_plus(G, beta)  # (..., K)
     return per_head if per_subspace else per_head.sum(-1)
 
 

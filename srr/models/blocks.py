@@ -7,11 +7,13 @@
 A :class:`CRATEBlock` is an ``nn.ModuleList`` ``[PreNorm(C), PreNorm(S)]``, so its state-dict keys
 are those of the public code (``transformer.layers.{ℓ}.0.norm.*``, ``.0.fn.qkv.weight``, ...).
 
-Hook points (forward hooks see exactly these inputs and outputs):
-- ``block``            : ``(Z^ℓ,) -> Z^{ℓ+1}``
-- ``block[0]``         : ``(Z^ℓ,) -> C(LN₁(Z^ℓ))``, the update (before drop-path)
-- ``block[1]``         : ``(Z^{ℓ+½},) -> Z^{ℓ+1}`` (for ``crate_alpha``: the branch ``D₁A₂``)
-- ``block.compression`` / ``block.sparsification``: the layers themselves, on normalised tokens.
+Hook points (forward hooks see exactly these inputs and outputs). The block calls the norms and
+layers of its two ``PreNorm`` items directly (to keep every intermediate), so hooks go on these,
+not on ``block[0]`` / ``block[1]`` themselves:
+- ``block``                                : ``(Z^ℓ,) -> Z^{ℓ+1}``
+- ``block[0].norm`` / ``block.compression``: ``(Z^ℓ,) -> LN₁(Z^ℓ)`` / ``(LN₁(Z^ℓ),) -> C(LN₁(Z^ℓ))``, the update
+- ``block[1].norm``                        : ``(Z^{ℓ+½},) -> LN₂(Z^{ℓ+½})``
+- ``block.sparsification``                 : ``(LN₂(Z^{ℓ+½}),) -> Z^{ℓ+1}`` (``crate_alpha``: the branch ``D₁A₂``)
 """
 from __future__ import annotations
 
