@@ -15,7 +15,8 @@ from srr import objective
 from srr.rates import (Sparsity, coding_rate, coding_rate_grad, compressed_coding_rate,
                        compressed_coding_rate_grad, crate_vis_compressed_coding_rate, rate_reduction,
                        sparse_rate_reduction, sparsity)
-from srr.derive import DerivedLayer, derive, derive_step
+from srr import derive  # the package, callable as derive(objective, step_size, ...)
+from srr.derive import DerivedLayer, derive_step
 from srr.layers import ISTA, MSSA, CheckReport, OvercompleteISTA, check
 from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create_model, list_models,
                         list_variants, load_public_state_dict, param_groups, register_model, save_checkpoint)

@@ -34,3 +34,7 @@ __all__ = [
     "BoundFraction", "auto_step_size", "lipschitz_bound", "compression_lipschitz",
     "compression_step_size", "coding_rate_step_size", "ista_step_size",
 ]
+
+from srr._callable import make_callable  # noqa: E402
+
+make_callable(__name__, derive)  # srr.derive(objective, ...) calls derive(); srr.derive.X stays this package

@@ -32,11 +32,6 @@ __all__ = [
 ]
 
 
-class _CallableModule(type(__import__("sys"))):
-    """``srr.measure(model, data, ...)`` calls :func:`measure`; ``srr.measure.X`` stays this package."""
+from srr._callable import make_callable  # noqa: E402
 
-    def __call__(self, *args, **kwargs):
-        return measure(*args, **kwargs)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule
+make_callable(__name__, measure)  # srr.measure(model, data, ...) calls measure(); srr.measure.X stays this package
