@@ -76,8 +76,9 @@ class SubspacePolicy(nn.Module):
     def bind(self, model: nn.Module, modules: Sequence[nn.Module]) -> None:
         self.num_layers = len(modules)
 
-    def subspaces(self, index: int) -> Tensor:
-        raise NotImplementedError
+    def subspaces(self, index: int) -> Tensor:  # every concrete policy overrides this
+        raise TypeError(f"{type(self).__name__} is a SubspacePolicy without subspaces(index): subclass FromModel, "
+                        "FromData, Learned or Fixed, or define subspaces(index) -> (K, d, p)")
 
 
 class FromModel(SubspacePolicy):
