@@ -16,11 +16,11 @@ and a separate decoder ``D₁ (d, m)``: returns ``A D₁ᵀ`` (the CRATE-α bloc
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 
+from srr._checks import check_nonnegative, check_positive
 from srr.derive import derive_step
 from srr.layers import triton_ista
 from srr.objective import L1, LeastSquares, NonNegative
@@ -30,13 +30,6 @@ BACKENDS = ("auto", "torch", "triton")
 
 def _public_init(*shape: int) -> Tensor:
     return nn.init.kaiming_uniform_(torch.empty(*shape))  # a=0, as model/crate.py and CRATE-α
-
-
-def _check_number(value, name: str, *, positive: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
 
 
 def _value(x) -> float:
@@ -64,8 +57,8 @@ class ISTA(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.dim, self.nonnegative, self.backend, self.learnable = dim, bool(nonnegative), backend, bool(learnable)
-        step_size = _check_number(step_size, "step_size", positive=True)
-        lam = _check_number(lam, "lam", positive=False)
+        step_size = check_positive(step_size, "step_size")
+        lam = check_nonnegative(lam, "lam")
         if self.learnable:
             self.step_size = nn.Parameter(torch.tensor(step_size))
             self.lam = nn.Parameter(torch.tensor(lam))
@@ -135,8 +128,8 @@ class OvercompleteISTA(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.dim, self.expansion, self.steps, self.residual = dim, expansion, steps, bool(residual)
-        self.step_size = _check_number(step_size, "step_size", positive=True)
-        self.lam = _check_number(lam, "lam", positive=False)
+        self.step_size = check_positive(step_size, "step_size")
+        self.lam = check_nonnegative(lam, "lam")
         self.D = nn.Parameter(_public_init(dim, expansion * dim))  # encoder dictionary (d, m)
         self.D1 = nn.Parameter(_public_init(dim, expansion * dim))  # decoder (d, m)
 
