@@ -37,7 +37,7 @@ from torch import Tensor
 
 from experiments._common import markdown_table, parse_args, pyplot, seed_everything, summary, write_csv, write_json
 from srr.data.subspaces import random_subspaces
-from srr.derive.lipschitz import compression_step_size
+from srr.derivation.lipschitz import compression_step_size
 from srr.layers import MSSA
 from srr.rates import compressed_coding_rate
 

@@ -45,8 +45,9 @@ def run_one(job: dict) -> dict:
 
     from experiments._common import seed_everything
     from experiments._train import evaluate, fit, load_split
-    from srr.measure import (classification_error, frobenius_product, frobenius_sum, inverse_margin, measure,
-                             path_norm, sharpness, spectral_product, spectral_sum)
+    from srr.generalization import (classification_error, frobenius_product, frobenius_sum, inverse_margin,
+                                    path_norm, sharpness, spectral_product, spectral_sum)
+    from srr.measurement import measure
     from srr.models import create_model
 
     seed_everything(job["seed"])
@@ -88,7 +89,7 @@ def jobs_for(grid: dict, *, seed: int, max_epochs: int, quick: bool) -> list[dic
 
 def statistics(models: list[dict], hyperparameters: list[str]) -> list[dict]:
     """Kendall τ and granulated Ψ of every measure, over all models and per width."""
-    from srr.measure import compare_measures
+    from srr.generalization import compare_measures
 
     rows = []
     subsets = [("all", models)]

@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments._common import markdown_table, parse_args, pyplot, seed_everything, summary, write_csv, write_json
 from experiments._train import evaluate, fit, load_split, subspace_options
-from srr.measure import measure
+from srr.measurement import measure
 from srr.models import create_model
 
 NAME = "layerwise"

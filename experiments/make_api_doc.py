@@ -12,8 +12,8 @@ import inspect
 import sys
 from pathlib import Path
 
-PACKAGES = ("srr", "srr.objective", "srr.derive", "srr.layers", "srr.models", "srr.measure", "srr.data",
-            "srr.train", "srr.cli")
+PACKAGES = ("srr", "srr.objective", "srr.derivation", "srr.layers", "srr.models", "srr.measurement",
+            "srr.generalization", "srr.data", "srr.train", "srr.cli")
 OUT = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 

@@ -49,7 +49,7 @@ def run_one(job: dict) -> dict:
     """Train one model of the grid and return its row (module level: runs in a worker process)."""
     from experiments._common import seed_everything
     from experiments._train import evaluate, fit, load_split
-    from srr.measure import SRRRegularizer
+    from srr.measurement import SRRRegularizer
     from srr.models import create_model
 
     seed_everything(job["seed"])

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srr.derive import (BoundFraction, DerivedLayer, auto_step_size, coding_rate_step_size, compression_lipschitz,
+from srr.derivation import (BoundFraction, DerivedLayer, auto_step_size, coding_rate_step_size, compression_lipschitz,
                         compression_step_size, derive, derive_step, ista_step_size, lipschitz_bound, variants)
 from srr.objective import (CodingRate, CompressedCodingRate, L0, L1, LeastSquares, NonNegative, SquaredL2, Term,
                            parse)

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-import srr.measure.generalization as generalization
-from srr.measure.baselines import (
+import srr.generalization.statistics as generalization
+from srr.generalization.baselines import (
     classification_error,
     frobenius_product,
     frobenius_sum,
@@ -26,7 +26,7 @@ from srr.measure.baselines import (
     spectral_sum,
     weight_matrices,
 )
-from srr.measure.generalization import (
+from srr.generalization.statistics import (
     GranulatedKendall,
     compare_measures,
     comparison_rows,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srr.derive import compression_step_size, derive
+from srr.derivation import compression_step_size, derive
 from srr.layers import ISTA, MSSA, CheckReport, OvercompleteISTA, check
 from srr.layers.exact import exact_compression_update
 from srr.layers.mssa import OUTPUTS

@@ -11,10 +11,12 @@ import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
 
-import srr.measure as srr_measure
+from srr import measure as srr_measure
 from srr.data import load_dataset, make_subspaces
-from srr.measure import (SITES, FromData, FromModel, Learned, Measurement, TokenCapture, TokenSite, default_sites,
-                         heads_to_subspaces, measure, rates_from_gram, to_tokens)
+from srr.measurement import SITES, FromData, FromModel, Learned, Measurement, TokenSite, measure
+from srr.measurement.distributed import rates_from_gram
+from srr.measurement.subspaces import heads_to_subspaces
+from srr.measurement.tokens import TokenCapture, default_sites, to_tokens
 from srr.models import create_model
 from srr.rates import coding_rate, compressed_coding_rate, sparse_rate_reduction
 

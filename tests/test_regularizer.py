@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 
 from srr.data import load_dataset
-from srr.measure import Fixed, FromData, Learned, SRRRegularizer, measure
+from srr.measurement import Fixed, FromData, Learned, SRRRegularizer, measure
 from srr.models import create_model
 from srr.rates import coding_rate, compressed_coding_rate, sparse_rate_reduction
 

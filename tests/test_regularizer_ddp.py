@@ -5,7 +5,7 @@ for both scopes (per sample, per batch) and both forms (detached input, plain) t
 ``CE + reg()`` must give, on every rank, the single-process value of the whole batch, and after
 DDP's gradient averaging the single-process parameter gradients. Gradients w.r.t. each rank's
 own inputs are ``world_size ×`` the single-process ones (DDP's convention for a per-rank mean loss,
-srr/measure/distributed.py).
+srr/measurement/distributed.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
-from srr.measure import Learned, SRRRegularizer
+from srr.measurement import Learned, SRRRegularizer
 
 WORLD = 2
 BATCH = 8  # global; each rank holds BATCH // WORLD

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srr.derive import derive
+from srr.derivation import derive
 from srr.layers import ISTA, MSSA
 from srr.objective import CompressedCodingRate
 

@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from srr.measure import SRRRegularizer, measure
+from srr.measurement import SRRRegularizer, measure
 from srr.models import create_model
 
 

@@ -33,7 +33,7 @@ class DescentCheck:
 
 
 def check_descent(layer, *, tokens: int, trials: int, seed: int, dtype=torch.float64) -> DescentCheck:
-    """F before and after one step of ``layer`` (a ``srr.derive.DerivedLayer``) on random inputs."""
+    """F before and after one step of ``layer`` (a ``srr.derivation.DerivedLayer``) on random inputs."""
     from srr.objective import NonNegative
 
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +71,7 @@ def derive_command(
     seed: Annotated[int, typer.Option(help="Seed of the random inputs and parameters.")] = 0,
 ) -> None:
     """Print an objective, the layer derived from it, and check that one step never increases it."""
-    from srr.derive import derive
+    from srr.derivation import derive
     from srr.objective import parse
 
     kappa = _step_size(step_size)

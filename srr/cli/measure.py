@@ -1,5 +1,5 @@
 """``srr measure CHECKPOINT``: the layer-wise SRR table of a trained model (HU24 §5, E1–E4) and
-its PNG plots, through :func:`srr.measure.measure`."""
+its PNG plots, through :func:`srr.measurement.measure`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +34,7 @@ def measure_command(
     fmt: Annotated[str, typer.Option("--format", help="What to print: table, csv or json.")] = "table",
 ) -> None:
     """Per-layer R, R^c, ΔR, sparsity and μ_SRR of a trained model, with PNG plots."""
-    from srr.measure import measure
+    from srr.measurement import measure
     from srr.train.distributed import resolve_device
 
     from .checkpoints import load_model, load_split, resolve_checkpoint

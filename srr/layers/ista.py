@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from srr._checks import check_nonnegative, check_positive
-from srr.derive import derive_step
+from srr.derivation import derive_step
 from srr.layers import triton_ista
 from srr.objective import L1, LeastSquares, NonNegative
 

@@ -4,7 +4,7 @@
 
 - ``mode="exact"`` (ours): the true gradient step ``−κ ∇_x R^c(x; U, ε)`` in closed form (E6): a
   p×p Cholesky solve per head, no N×N matrix. Its derived reference is
-  ``srr.derive.derive_step(CompressedCodingRate(eps), κ)``.
+  ``srr.derivation.derive_step(CompressedCodingRate(eps), κ)``.
 - ``mode="softmax"`` (E8, the public code): ``o = concat_k softmax(τ A_k A_kᵀ) A_k`` with
   ``A_k = x U_k`` from one bias-free ``qkv`` Linear used as query, key and value, computed by
   ``F.scaled_dot_product_attention`` (fused, no explicit N×N matrix where the backend allows),
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from srr.derive import compression_step_size, derive_step
+from srr.derivation import compression_step_size, derive_step
 from srr.linalg import working_dtype
 from srr.objective import CompressedCodingRate
 from srr.layers.exact import exact_compression_update

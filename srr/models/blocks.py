@@ -139,7 +139,7 @@ def _warn_eager() -> None:
 
 def _compression(cfg: CRATEConfig) -> nn.Module:
     if cfg.variant == "crate_derived":
-        from srr.derive import derive, variants
+        from srr.derivation import derive, variants
 
         layer = derive(variants.mssa_exact(cfg.eps), step_size=cfg.compression_step_size,
                        dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim)
@@ -154,7 +154,7 @@ def _compression(cfg: CRATEConfig) -> nn.Module:
 
 def _sparsification(cfg: CRATEConfig) -> nn.Module:
     if cfg.variant == "crate_derived":
-        from srr.derive import derive, variants
+        from srr.derivation import derive, variants
 
         layer = derive(variants.ista(cfg.lam), step_size=cfg.step_size, dim=cfg.dim)
         return _EagerOnly(layer, as_update=False)

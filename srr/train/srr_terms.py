@@ -13,10 +13,10 @@ from .config import TrainConfig, parse_layers
 
 
 def build_regularizer(model: nn.Module, config: TrainConfig):
-    """An ``srr.measure.SRRRegularizer`` hooked into ``model`` (None when ``srr_weight == 0``)."""
+    """An ``srr.measurement.SRRRegularizer`` hooked into ``model`` (None when ``srr_weight == 0``)."""
     if config.srr_weight == 0:
         return None
-    from srr.measure import SRRRegularizer
+    from srr.measurement import SRRRegularizer
 
     layers = parse_layers(config.srr_layers)
     layers = {"last": -1, "all": None}.get(layers, layers) if isinstance(layers, str) else layers
@@ -26,7 +26,7 @@ def build_regularizer(model: nn.Module, config: TrainConfig):
 @torch.no_grad()
 def measure_layers(model: nn.Module, images: torch.Tensor, config: TrainConfig, *, device: torch.device) -> list[float]:
     """μ_SRR of each layer of ``model`` on ``images`` ``(n, C, H, W)``, in layer order."""
-    from srr.measure import measure
+    from srr.measurement import measure
 
     table = measure(model, images, eps=config.srr_eps, lam=config.srr_lam, device=device, progress=False)
     return [float(v) for v in table.column("srr", "out")]

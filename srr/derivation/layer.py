@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from srr.derive.lipschitz import BoundFraction
-from srr.derive.step import StepSize, derive_step
+from srr.derivation.lipschitz import BoundFraction
+from srr.derivation.step import StepSize, derive_step
 from srr.objective import Objective, SeparablePenalty, Term
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from srr.derive.lipschitz import BoundFraction
+from srr.derivation.lipschitz import BoundFraction
 from srr.objective import Objective, Term
 
 StepSize = Union[float, Tensor, str, BoundFraction, Callable[..., Union[float, Tensor]]]

@@ -27,7 +27,7 @@ a training step (forward 1, backward 2), whatever the implementation.
 μ_SRR averaged over the batch; ``"batch"`` — one feature row per sample (``pool``: the CLS token
 or the mean token), the batch is one token set (MCR²'s form). Under ``torch.distributed`` both
 are computed over the **global** batch (differentiable all-reduce of sums, resp. of the Gram
-matrix; srr/measure/distributed.py states the gradient convention: values are global on every
+matrix; srr/measurement/distributed.py states the gradient convention: values are global on every
 rank; after DDP's gradient averaging, parameter gradients equal those of one process on the
 concatenated batch).
 
@@ -44,10 +44,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from srr._checks import check_eps, check_nonnegative
-from srr.measure.distributed import is_distributed
-from srr.measure.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
-from srr.measure.terms import SRRTerms, batch_terms, mean_terms, sample_terms
-from srr.measure.tokens import TokenSite, as_sites, to_tokens
+from srr.measurement.distributed import is_distributed
+from srr.measurement.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
+from srr.measurement.terms import SRRTerms, batch_terms, mean_terms, sample_terms
+from srr.measurement.tokens import TokenSite, as_sites, to_tokens
 
 __all__ = ["SRRRegularizer"]
 
@@ -83,10 +83,10 @@ class SRRRegularizer(nn.Module):
     """``weight · (1/|S|) Σ_{ℓ∈S} μ_SRR(Z_ℓ)`` over the outputs of the chosen layers of ``model``.
 
     - ``layers``: indices into the model's layers (default ``-1``, the last: HU24's choice), module
-      names or :class:`TokenSite` values (srr/measure/tokens.py).
+      names or :class:`TokenSite` values (srr/measurement/tokens.py).
     - ``weight`` η, ``eps`` ε, ``lam`` λ of (E4).
     - ``subspaces``: ``"model"`` (the layer's own heads), ``"data"``, ``"learned"``, a
-      :class:`SubspacePolicy` or tensors (srr/measure/subspaces.py). Learned subspaces are this
+      :class:`SubspacePolicy` or tensors (srr/measurement/subspaces.py). Learned subspaces are this
       module's parameters: give ``reg.parameters()`` to the optimiser.
     - ``detach_input``: HU24's per-layer form (default) or the plain form.
     - ``scope``: ``"sample"`` or ``"batch"``; ``pool`` (batch scope): ``"cls"``, ``"mean"``, a

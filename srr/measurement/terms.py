@@ -4,7 +4,7 @@
   gives per-sample R (E1), R^c (E2), ‖Z‖₀, ‖Z‖₁ and μ_SRR, each ``(B,)``.
 - ``batch_terms``: the batch is one token set of one feature row per sample (MCR²'s form):
   ``F (B, d)``; under ``torch.distributed`` the set is the **global** batch, through the Gram
-  matrix summed over ranks (srr/measure/distributed.py). Each part is a scalar.
+  matrix summed over ranks (srr/measurement/distributed.py). Each part is a scalar.
 
 μ_SRR = λ‖Z‖₀ + R^c − R with ‖Z‖₀ the raw count of non-zero entries, as
 :func:`srr.rates.sparse_rate_reduction`; only R^c − R carries gradient.
@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from srr.measure.distributed import all_reduce_sum, global_gram, rates_from_gram
+from srr.measurement.distributed import all_reduce_sum, global_gram, rates_from_gram
 from srr.linalg import working_dtype
 from srr.rates import coding_rate, compressed_coding_rate
 

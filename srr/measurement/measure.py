@@ -9,8 +9,8 @@ receives), ``half`` = Z^{ℓ+½} and ``out`` = Z^{ℓ+1}, all with the layer's o
 the raw residual-stream tokens Z, never LN(Z), and U^ℓ is applied to them directly even though
 the model applies it to LN₁(Z^ℓ).
 
-Any other model: the outputs of its layers (``layers``, default: srr/measure/tokens.py
-``default_sites``) by forward hooks, with subspaces from a policy (srr/measure/subspaces.py).
+Any other model: the outputs of its layers (``layers``, default: srr/measurement/tokens.py
+``default_sites``) by forward hooks, with subspaces from a policy (srr/measurement/subspaces.py).
 
 Values are per-sample (each image's N tokens are one token set, the papers' form) and averaged
 over all samples; the model-level μ_SRR (HU24) is ``Measurement.srr``, the mean over layers of
@@ -26,10 +26,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from srr._checks import check_eps, check_nonnegative
-from srr.measure.subspaces import check_policy_subspaces, make_policy
-from srr.measure.table import SITES, Measurement, MeasurementRow
-from srr.measure.terms import SRRTerms, sample_terms
-from srr.measure.tokens import TokenCapture, as_sites, is_crate
+from srr.measurement.subspaces import check_policy_subspaces, make_policy
+from srr.measurement.table import SITES, Measurement, MeasurementRow
+from srr.measurement.terms import SRRTerms, sample_terms
+from srr.measurement.tokens import TokenCapture, as_sites, is_crate
 from srr.rates import coding_rate
 
 __all__ = ["measure"]
@@ -104,7 +104,7 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
             sites: tuple[str, ...] = SITES,
             batch_size: int = 256, limit: int | None = None, device: torch.device | str | None = None,
             autocast: torch.dtype | None = None, progress: bool = True) -> Measurement:
-    """Per-layer μ_SRR and its parts over ``data``, as a :class:`~srr.measure.table.Measurement`.
+    """Per-layer μ_SRR and its parts over ``data``, as a :class:`~srr.measurement.table.Measurement`.
 
     - ``data``: a DataLoader or iterable of batches (images, or ``(images, labels, ...)``), a Dataset
       (batched by ``batch_size``) or a tensor of images.

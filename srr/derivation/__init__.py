@@ -23,18 +23,14 @@ Step sizes: a number, a learnable tensor, ``"auto"`` (``1/L`` from the Lipschitz
 ``BoundFraction(c)`` (``c/L``), or a function ``(Z, **params) -> κ``; the descent guarantees hold
 only for ``κ ≤ 1/L``. ``variants`` holds the objectives of the CRATE pair and of derived variants.
 """
-from srr.derive import variants
-from srr.derive.layer import DerivedLayer, derive
-from srr.derive.lipschitz import (BoundFraction, auto_step_size, coding_rate_step_size, compression_lipschitz,
+from srr.derivation import variants
+from srr.derivation.layer import DerivedLayer, derive
+from srr.derivation.lipschitz import (BoundFraction, auto_step_size, coding_rate_step_size, compression_lipschitz,
                                   compression_step_size, ista_step_size, lipschitz_bound)
-from srr.derive.step import Step, derive_step
+from srr.derivation.step import Step, derive_step
 
 __all__ = [
     "derive_step", "derive", "Step", "DerivedLayer", "variants",
     "BoundFraction", "auto_step_size", "lipschitz_bound", "compression_lipschitz",
     "compression_step_size", "coding_rate_step_size", "ista_step_size",
 ]
-
-from srr._callable import make_callable  # noqa: E402
-
-make_callable(__name__, derive)  # srr.derive(objective, ...) calls derive(); srr.derive.X stays this package

@@ -1,4 +1,4 @@
-"""``Measurement``: the per-layer table that :func:`srr.measure.measure` returns.
+"""``Measurement``: the per-layer table that :func:`srr.measurement.measure` returns.
 
 One row per (layer, site): R (E1), R^c (E2), ΔR (E3), the exact-zero fraction, ‖Z‖₀, ‖Z‖₁ and
 μ_SRR (E4), each a mean over the measured samples. It prints as a rich table, saves as CSV or
