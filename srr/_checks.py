@@ -21,7 +21,7 @@ def check_eps(eps, name: str = "eps") -> float | Tensor:
             raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
         return float(eps)
     if isinstance(eps, Sequence) and not isinstance(eps, str):
-        eps = torch.tensor([float(e) for e in eps])
+        eps = torch.tensor([float(e) for e in eps], dtype=torch.float64)
     if isinstance(eps, Tensor):
         if eps.ndim > 1:
             raise ValueError(f"{name} must be a scalar or a 1-D tensor of per-subspace values, got shape {tuple(eps.shape)}")
@@ -60,18 +60,65 @@ def check_subspaces(U, d: int, name: str = "U") -> Tensor:
     return U
 
 
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              what: str | None = None) -> int:
+    """Validate an int (never a bool) in ``[minimum, maximum]``; ``what`` says what it counts in the message."""
+    label = f"{name} ({what})" if what else name
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{label} must be an int{_bounds(minimum, maximum, True, True)}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{label} must be an int{_bounds(minimum, maximum, True, True)}, got {value!r}")
+    return value
+
+
+def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, finite: bool = True) -> float:
+    """Validate a real number (never a bool) in the interval given by ``low``/``high`` (closed unless ``*_open``).
+
+    ``finite=True`` also rejects ``inf``; NaN is always rejected.
+    """
+    expected = f"a{' finite' if finite else ''} number{_bounds(low, high, not low_open, not high_open)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Validate that ``value`` is one of ``choices``."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def check_positive(value, name: str) -> float:
     """Validate a positive finite scalar hyper-parameter (a step size, a scale)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, low=0.0, low_open=True)
 
 
 def check_nonnegative(value, name: str) -> float:
     """Validate a non-negative finite scalar (a penalty weight λ)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(value, name, low=0.0)
+
+
+def check_lam(lam, name: str = "lam") -> float:
+    """Validate a penalty weight λ: a finite number >= 0 (``inf`` and NaN are rejected)."""
+    return check_number(lam, name, low=0.0)
+
+
+def _bounds(low, high, low_closed: bool, high_closed: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if low_closed else '>'} {low:g}")
+    if high is not None:
+        parts.append(f"{'<=' if high_closed else '<'} {high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def check_finite_gram(G: Tensor, Z: Tensor, name: str = "Z") -> None:

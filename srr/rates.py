@@ -9,6 +9,10 @@ Tokens are rows: ``Z`` has shape ``(..., N, d)``; subspaces ``U`` have shape ``(
 - (E3) ``rate_reduction``          ΔR = R − R^c
 - (E4) ``sparse_rate_reduction``   μ_SRR = λ‖Z‖₀ + R^c − R   (the measure form, to minimise)
 - (E5), (E6) closed-form gradients ``coding_rate_grad``, ``compressed_coding_rate_grad``
+
+The pieces every other module calls (no one re-types them): ``rate_scale`` (α, β), ``subspace_eps``
+(ε as a float or a ``(K,)`` tensor), ``rates_from_gram`` (R, R^c from ``ZᵀZ``, the batch scope) and
+``srr_from_parts`` (μ_SRR from its parts).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from srr._checks import check_eps, check_finite_gram, check_subspaces, check_tokens
+from srr._checks import check_eps, check_finite_gram, check_int, check_lam, check_subspaces, check_tokens
 from srr.linalg import gram, logdet_identity_plus, solve_identity_plus, working_dtype
 
 
@@ -32,12 +36,32 @@ def _project(Z: Tensor, U: Tensor) -> Tensor:
     return A.unflatten(-1, (K, p)).transpose(-3, -2).contiguous()  # (..., K, N, p); contiguous: faster Grams
 
 
-def _per_subspace_eps(eps, K: int, ref: Tensor):
-    """ε as a float, or as a ``(K,)`` tensor on ``ref``'s device when given per subspace."""
+def subspace_eps(eps, K: int, ref: Tensor | None = None) -> float | Tensor:
+    """ε validated once: a float, or a ``(K,)`` tensor (one ε per subspace; from a tensor, tuple or list).
+
+    A tensor is moved to ``ref``'s device and dtype when ``ref`` is given.
+    """
+    eps = check_eps(eps)
     if isinstance(eps, Tensor):
         if eps.shape != (K,):
             raise ValueError(f"eps given per subspace must have shape ({K},) to match U's K={K}, got {tuple(eps.shape)}")
-        return eps.to(device=ref.device, dtype=ref.dtype)
+        if ref is not None:
+            eps = eps.to(device=ref.device, dtype=ref.dtype)
+    return eps
+
+
+def rate_scale(width: int, N: int, eps) -> float | Tensor:
+    """The scale of a rate's logdet: ``α = d/(Nε²)`` (E1, width d) or ``β = p/(Nε²)`` (E2, width p).
+
+    ``eps`` is a float, or a ``(K,)`` tensor giving one β per subspace.
+    """
+    return width / (N * eps**2)
+
+
+def _single_eps(eps, caller: str) -> float:
+    eps = check_eps(eps)
+    if isinstance(eps, Tensor):
+        raise ValueError(f"eps of {caller} must be a single float, got a tensor of shape {tuple(eps.shape)}")
     return eps
 
 
@@ -48,15 +72,13 @@ def coding_rate(Z: Tensor, eps: float, *, check_finite: bool = True) -> Tensor:
     are detected on that Gram (``check_finite=False`` skips the check).
     """
     check_tokens(Z, "Z", check_finite=False)
-    eps = check_eps(eps)
-    if isinstance(eps, Tensor):
-        raise ValueError(f"eps of coding_rate must be a single float, got a tensor of shape {tuple(eps.shape)}")
+    eps = _single_eps(eps, "coding_rate")
     N, d = Z.shape[-2:]
     with torch.autocast(Z.device.type, enabled=False):
         G = gram(_promote(Z))
         if check_finite:
             check_finite_gram(G, Z)
-        return 0.5 * logdet_identity_plus(G, d / (N * eps**2))
+        return 0.5 * logdet_identity_plus(G, rate_scale(d, N, eps))
 
 
 def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = False,
@@ -69,15 +91,15 @@ def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = Fa
     """
     check_tokens(Z, "Z", check_finite=False)
     check_subspaces(U, Z.shape[-1])
-    eps = check_eps(eps)
     K, _, p = U.shape
     N = Z.shape[-2]
     with torch.autocast(Z.device.type, enabled=False):
         Zw, Uw = _promote(Z), U.to(working_dtype(Z.dtype))
+        eps = subspace_eps(eps, K, Zw)
         G = gram(_project(Zw, Uw))  # (..., K, m, m), m = min(p, N)
         if check_finite:
             check_finite_gram(G, Z)
-        beta = p / (N * _per_subspace_eps(eps, K, Zw) ** 2)
+        beta = rate_scale(p, N, eps)
         per_head = 0.5 * logdet_identity_plus(G, beta)  # (..., K)
     return per_head if per_subspace else per_head.sum(-1)
 
@@ -111,19 +133,46 @@ def sparse_rate_reduction(Z: Tensor, U: Tensor, eps: float, lam: float = 0.1, *,
     ‖Z‖₀ counts the non-zero entries of the whole token set (no normalisation) and carries no
     gradient; as a training signal only ``R^c − R`` does.
     """
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or lam < 0:
-        raise ValueError(f"lam must be a number >= 0, got {lam!r}")
-    reduction = rate_reduction(Z, U, eps, check_finite=check_finite)
-    l0 = (Z != 0).sum((-2, -1)).to(reduction.dtype)
-    return lam * l0 - reduction
+    lam = check_lam(lam)
+    R = coding_rate(Z, eps, check_finite=check_finite)
+    Rc = compressed_coding_rate(Z, U, eps, check_finite=False)
+    return srr_from_parts(R, Rc, (Z != 0).sum((-2, -1)).to(R.dtype), lam)
+
+
+def srr_from_parts(R: Tensor, Rc: Tensor, l0: Tensor, lam: float) -> Tensor:
+    """(E4) ``μ_SRR = λ‖Z‖₀ + R^c − R`` from its parts (each of one shape); the one place it is assembled."""
+    return lam * l0 + Rc - R
+
+
+def rates_from_gram(G: Tensor, n: int, U: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(R, R^c)`` (E1, E2) of ``n`` tokens whose Gram matrix is ``G = ZᵀZ (..., d, d)``.
+
+    Equal to ``coding_rate(Z, eps)`` and ``compressed_coding_rate(Z, U, eps)`` for the Z that
+    produced G (``U_kᵀGU_k = A_kᵀA_k``); U is ``(K, d, p)``. Works on any G, e.g. one summed over
+    ranks (the batch scope of ``srr.measurement``).
+    """
+    eps = _single_eps(eps, "rates_from_gram")
+    if not isinstance(G, Tensor) or G.ndim < 2 or G.shape[-1] != G.shape[-2]:
+        raise ValueError(f"G must be a square Gram matrix (..., d, d), got shape {tuple(getattr(G, 'shape', ()))}")
+    n = check_int(n, "n", minimum=1, what="the number of tokens behind G")
+    d = G.shape[-1]
+    check_subspaces(U, d)
+    K, _, p = U.shape
+    with torch.autocast(G.device.type, enabled=False):
+        G = G.to(working_dtype(G.dtype))
+        U = U.to(G.dtype)
+        R = 0.5 * logdet_identity_plus(G, rate_scale(d, n, eps))
+        G_heads = U.mT @ G.unsqueeze(-3) @ U  # (..., K, p, p) = A_kᵀA_k
+        Rc = 0.5 * logdet_identity_plus(G_heads, rate_scale(p, n, eps)).sum(-1)
+    return R, Rc
 
 
 def coding_rate_grad(Z: Tensor, eps: float) -> Tensor:
     """(E5) ``∇_Z R = α Z (I_d + α ZᵀZ)⁻¹ = α (I_N + α ZZᵀ)⁻¹ Z``, through the smaller system."""
     check_tokens(Z, "Z")
-    eps = check_eps(eps)
+    eps = _single_eps(eps, "coding_rate_grad")
     N, d = Z.shape[-2:]
-    alpha = d / (N * eps**2)
+    alpha = rate_scale(d, N, eps)
     if d <= N:
         return alpha * solve_identity_plus(Z.mT @ Z, alpha, Z.mT).mT
     return alpha * solve_identity_plus(Z @ Z.mT, alpha, Z)
@@ -133,11 +182,10 @@ def compressed_coding_rate_grad(Z: Tensor, U: Tensor, eps, *, check_finite: bool
     """(E6) ``∇_Z R^c = Σ_k β A_k (I_p + β A_kᵀA_k)⁻¹ U_kᵀ`` — one p×p solve per head, no N×N matrix."""
     check_tokens(Z, "Z", check_finite=check_finite)
     check_subspaces(U, Z.shape[-1])
-    eps = check_eps(eps)
     K, d, p = U.shape
     N = Z.shape[-2]
     A = _project(Z, U)  # (..., K, N, p)
-    beta = p / (N * _per_subspace_eps(eps, K, Z) ** 2)
+    beta = rate_scale(p, N, subspace_eps(eps, K, Z))
     beta_t = beta[..., None, None] if isinstance(beta, Tensor) else beta
     coeff = beta_t * solve_identity_plus(A.mT @ A, beta, A.mT).mT  # (..., K, N, p)
     return coeff.transpose(-3, -2).flatten(-2) @ U.permute(0, 2, 1).reshape(K * p, d)
@@ -156,4 +204,30 @@ def crate_vis_compressed_coding_rate(Z: Tensor, U: Tensor, eps_squared: float = 
     K, _, p = U.shape
     N = Z.shape[-2]
     A = torch.nn.functional.normalize(_project(_promote(Z), U.to(working_dtype(Z.dtype))), dim=-1)
-    return (0.5 * logdet_identity_plus(gram(A), p / (N * eps**2))).sum(-1)
+    return (0.5 * logdet_identity_plus(gram(A), rate_scale(p, N, eps))).sum(-1)
+
+
+def spectral_norm_squared(M: Tensor) -> float:
+    """``‖M‖₂²`` of a matrix, in float64, without gradient: the Lipschitz constant of ``½‖X − ZMᵀ‖²`` (E11)."""
+    if not isinstance(M, Tensor) or M.ndim != 2:
+        raise ValueError(f"D must be a dictionary matrix of shape (d, m), got {getattr(M, 'shape', type(M).__name__)}")
+    with torch.no_grad():
+        return float(torch.linalg.matrix_norm(M.detach().double(), ord=2)) ** 2
+
+
+def compression_lipschitz(U: Tensor, eps, N: int) -> float:
+    """(E7) ``L(∇R^c) ≤ ‖[√β_k U_k]_k‖₂²``, ``β_k = p/(N ε_k²)``; ``U (K, d, p)``, ``eps`` one or K values.
+
+    At most MATH's ``β Σ_k ‖U_k‖₂²`` and attained near ``Z = 0`` (where ``R^c ≈ ½ Σ_k β_k ‖Z U_k‖²``):
+    for mutually orthogonal orthonormal blocks it is ``β``, not ``Kβ``. A float, computed without gradient.
+    """
+    if not isinstance(U, Tensor) or U.ndim != 3:
+        raise ValueError(f"U must be subspaces of shape (K, d, p), got {getattr(U, 'shape', type(U).__name__)}")
+    check_subspaces(U, U.shape[1])
+    K, d, p = U.shape
+    eps = subspace_eps(eps, K)
+    eps_k = eps.to(torch.float64) if isinstance(eps, Tensor) else torch.full((K,), eps, dtype=torch.float64)
+    beta = rate_scale(p, N, eps_k.to(U.device))  # (K,)
+    with torch.no_grad():
+        scaled = U.detach().double() * beta.sqrt()[:, None, None]  # (K, d, p)
+        return spectral_norm_squared(scaled.permute(1, 0, 2).reshape(d, K * p))

@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 from srr import measure as srr_measure
 from srr.data import load_dataset, make_subspaces
 from srr.measurement import SITES, FromData, FromModel, Learned, Measurement, TokenSite, measure
-from srr.measurement.distributed import rates_from_gram
 from srr.measurement.subspaces import heads_to_subspaces
 from srr.measurement.tokens import TokenCapture, default_sites, to_tokens
 from srr.models import create_model
-from srr.rates import coding_rate, compressed_coding_rate, sparse_rate_reduction
+from srr.rates import coding_rate, compressed_coding_rate, rates_from_gram, sparse_rate_reduction
 
 
 def _rel(a: float, b: float) -> float:

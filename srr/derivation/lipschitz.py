@@ -21,29 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from srr._checks import check_eps, check_subspaces
-from srr.objective import CodingRate, CompressedCodingRate, LeastSquares, Objective, SquaredL2
+from srr._checks import check_eps, check_number
+from srr.objective import Objective
+from srr.rates import compression_lipschitz, rate_scale, spectral_norm_squared
 
-
-def _spectral_norm_squared(M: Tensor) -> float:
-    """``‖M‖₂²`` of a matrix, in float64."""
-    with torch.no_grad():
-        return float(torch.linalg.matrix_norm(M.detach().double(), ord=2)) ** 2
-
-
-def compression_lipschitz(U: Tensor, eps, N: int) -> float:
-    """(E7) ``L(∇R^c) ≤ ‖[√β_k U_k]_k‖₂²``, ``β_k = p/(N ε_k²)``; ``U (K, d, p)``, ``eps`` one or K values."""
-    if not isinstance(U, Tensor) or U.ndim != 3:
-        raise ValueError(f"U must be subspaces of shape (K, d, p), got {getattr(U, 'shape', type(U).__name__)}")
-    check_subspaces(U, U.shape[1])
-    eps = check_eps(eps)
-    K, d, p = U.shape
-    eps_k = eps.to(torch.float64) if isinstance(eps, Tensor) else torch.full((K,), eps, dtype=torch.float64)
-    if eps_k.shape != (K,):
-        raise ValueError(f"eps given per subspace must have shape ({K},) to match U's K={K}, got {tuple(eps_k.shape)}")
-    beta = p / (N * eps_k.to(U.device) ** 2)  # (K,)
-    scaled = U.detach().double() * beta.sqrt()[:, None, None]  # (K, d, p)
-    return _spectral_norm_squared(scaled.permute(1, 0, 2).reshape(d, K * p))
+__all__ = ["BoundFraction", "auto_step_size", "coding_rate_step_size", "compression_lipschitz",
+           "compression_step_size", "ista_step_size", "lipschitz_bound"]
 
 
 def compression_step_size(U: Tensor, eps, N: int) -> float:
@@ -53,38 +36,25 @@ def compression_step_size(U: Tensor, eps, N: int) -> float:
 
 def coding_rate_step_size(d: int, eps: float, N: int) -> float:
     """(E5) ``1/α = Nε²/d`` for a gradient step on ``R(Z; ε)`` (or on ``−R``: an expansion step)."""
-    eps = check_eps(eps)
-    return N * eps**2 / d
+    return 1.0 / rate_scale(d, N, check_eps(eps))
 
 
 def ista_step_size(D: Tensor) -> float:
     """(E11) ``1/‖D‖₂²``: a proximal step on ``½‖x − Da‖² + λ‖a‖₁ (+ ι(a ≥ 0))`` never increases it."""
-    if not isinstance(D, Tensor) or D.ndim != 2:
-        raise ValueError(f"D must be a dictionary matrix of shape (d, m), got {getattr(D, 'shape', type(D).__name__)}")
-    return 1.0 / _spectral_norm_squared(D)
+    return 1.0 / spectral_norm_squared(D)
 
 
 def lipschitz_bound(objective, Z: Tensor, **params) -> float:
     """A Lipschitz constant of the gradient of ``objective``'s smooth part at token sets like ``Z``.
 
     ``Σ_i |c_i| L(f_i)`` over the smooth terms (the bound holds for ``−f`` as for ``f``); ``Z`` only
-    supplies ``N`` and ``d``. Raises for a smooth term with no known bound.
+    supplies ``N`` and ``d``. Each term brings its own bound (``Term.lipschitz``); raises for a smooth
+    term with none.
     """
-    total = 0.0
     N, d = Z.shape[-2:]
+    total = 0.0
     for c, term in Objective.of(objective).smooth_part().terms:
-        if isinstance(term, CompressedCodingRate):
-            eps = torch.tensor(term.eps, dtype=torch.float64) if isinstance(term.eps, tuple) else term.eps
-            L = compression_lipschitz(params["U"], eps, N)
-        elif isinstance(term, CodingRate):
-            L = d / (N * term.eps**2)
-        elif isinstance(term, LeastSquares):
-            L = _spectral_norm_squared(params["D"])
-        elif isinstance(term, SquaredL2):
-            L = term.lam
-        else:
-            raise ValueError(f"no Lipschitz bound is known for term {term}; pass step_size as a number or a function")
-        total += abs(c) * L
+        total += abs(c) * term.lipschitz(N, d, **{n: params[n] for n in term.requires if n in params})
     return total
 
 
@@ -105,9 +75,7 @@ class BoundFraction:
     fraction: float = 1.0
 
     def __post_init__(self):
-        f = self.fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or f <= 0:
-            raise ValueError(f"fraction must be a finite number > 0, got {f!r}")
+        check_number(self.fraction, "fraction", low=0.0, low_open=True)
 
     def __call__(self, objective, Z: Tensor, **params) -> float:
         return self.fraction * auto_step_size(objective, Z, **params)

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from srr.linalg import working_dtype
+from srr.rates import rate_scale
 
 
 def _heads(A: Tensor, K: int) -> Tensor:
@@ -75,6 +76,6 @@ def exact_compression_update(x: Tensor, W: Tensor, *, heads: int, eps: float, st
     """``−κ ∇_x R^c(x; U, ε)`` for ``x (..., N, d)`` and ``W = Uᵀ (K·p, d)`` (E6), by :class:`ExactCompressionStep`."""
     N, d = x.shape[-2:]
     p = W.shape[0] // heads
-    beta = p / (N * eps**2)
+    beta = rate_scale(p, N, eps)
     x3 = x.reshape(-1, N, d)  # (B, N, d)
     return ExactCompressionStep.apply(x3, W, heads, beta, step_size * beta).reshape(x.shape)

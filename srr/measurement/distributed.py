@@ -7,7 +7,7 @@ global batch. Both rates are functions of the d×d Gram matrix ``G = FᵀF = Σ_
 - (E2) ``R^c = Σ_k ½ logdet(I_p + β U_kᵀ G U_k)``, ``β = p/(n ε²)``  (``U_kᵀGU_k = A_kᵀA_k``)
 
 so one differentiable all-reduce of ``G`` (and of the global count ``n``) gives the global rates
-on every rank. ``rates_from_gram`` evaluates them with :func:`srr.linalg.logdet_identity_plus`.
+on every rank; :func:`srr.rates.rates_from_gram` evaluates them.
 
 Gradient convention (the one DDP assumes of every loss): every rank returns the global value;
 the all-reduce's backward sums the (identical) upstream gradients over ranks, so the gradient
@@ -21,10 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from srr._checks import check_eps, check_subspaces
-from srr.linalg import logdet_identity_plus, working_dtype
 
-__all__ = ["all_reduce_sum", "global_gram", "global_mean", "is_distributed", "rates_from_gram"]
+__all__ = ["all_reduce_sum", "global_gram", "global_mean", "is_distributed"]
 
 
 def is_distributed(group=None) -> bool:
@@ -67,27 +65,3 @@ def global_mean(values: Tensor, group=None) -> Tensor:
     count = all_reduce_sum(torch.tensor(float(values.numel()), device=values.device), group)
     return total / count
 
-
-def rates_from_gram(G: Tensor, n: int, U: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(R, R^c)`` (E1, E2) of ``n`` tokens whose Gram matrix is ``G = ZᵀZ (..., d, d)``.
-
-    Equal to ``coding_rate(Z, eps)`` and ``compressed_coding_rate(Z, U, eps)`` for the Z that
-    produced G; U is ``(K, d, p)``. Works on any G, e.g. one summed over ranks.
-    """
-    eps = check_eps(eps)
-    if isinstance(eps, Tensor):
-        raise ValueError(f"eps of rates_from_gram must be a single float, got a tensor of shape {tuple(eps.shape)}")
-    if G.ndim < 2 or G.shape[-1] != G.shape[-2]:
-        raise ValueError(f"G must be a square Gram matrix (..., d, d), got shape {tuple(G.shape)}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of tokens behind G) must be an int >= 1, got {n!r}")
-    d = G.shape[-1]
-    check_subspaces(U, d)
-    K, _, p = U.shape
-    with torch.autocast(G.device.type, enabled=False):
-        G = G.to(working_dtype(G.dtype))
-        U = U.to(G.dtype)
-        R = 0.5 * logdet_identity_plus(G, d / (n * eps**2))
-        G_heads = U.mT @ G.unsqueeze(-3) @ U  # (..., K, p, p) = A_kᵀA_k
-        Rc = 0.5 * logdet_identity_plus(G_heads, p / (n * eps**2)).sum(-1)
-    return R, Rc

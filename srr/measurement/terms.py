@@ -16,9 +16,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from srr.measurement.distributed import all_reduce_sum, global_gram, rates_from_gram
 from srr.linalg import working_dtype
-from srr.rates import coding_rate, compressed_coding_rate
+from srr.measurement.distributed import all_reduce_sum, global_gram
+from srr.rates import coding_rate, compressed_coding_rate, rates_from_gram, srr_from_parts
 
 __all__ = ["SRRTerms", "batch_terms", "mean_terms", "sample_terms"]
 
@@ -52,7 +52,7 @@ def sample_terms(Z: Tensor, U: Tensor, *, eps: float, lam: float, R: Tensor | No
         nonzero = (Z != 0).sum((-2, -1)).to(Rc.dtype)  # (...)
         l1 = Z.abs().sum((-2, -1), dtype=Rc.dtype)
     size = Z.shape[-2] * Z.shape[-1]
-    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / size, lam * nonzero + Rc - R)
+    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / size, srr_from_parts(R, Rc, nonzero, lam))
 
 
 def batch_terms(F: Tensor, U: Tensor, *, eps: float, lam: float, group=None) -> SRRTerms:
@@ -62,7 +62,7 @@ def batch_terms(F: Tensor, U: Tensor, *, eps: float, lam: float, group=None) -> 
     with torch.no_grad():
         counts = torch.stack([(F != 0).sum().to(R.dtype), F.abs().sum(dtype=R.dtype)])
         nonzero, l1 = all_reduce_sum(counts, group).unbind()
-    terms = SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / (n * F.shape[-1]), lam * nonzero + Rc - R)
+    terms = SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / (n * F.shape[-1]), srr_from_parts(R, Rc, nonzero, lam))
     return SRRTerms(*(t.to(working_dtype(F.dtype)) for t in terms))  # float32 values for float32 features
 
 

@@ -4,7 +4,7 @@ A ``Term`` is a frozen dataclass: ``term(Z, **params) -> (...)`` evaluates it on
 ``Z (..., N, d)``. Terms combine with ``+``, ``-`` and scalar ``*`` into an ``Objective`` (a tuple
 of ``(coefficient, term)`` pairs), which evaluates, prints as math (``str``, ``latex()``), prints
 as a parseable expression (``spec()``, read back by ``srr.objective.parse``), and splits into a
-smooth part (differentiated by ``srr.derive``) and a non-smooth part (applied through its
+smooth part (differentiated by ``srr.derive``, stepped by ``Term.lipschitz``) and a non-smooth part (applied through its
 proximal operator).
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from srr._checks import check_tokens
 
 
 def _number(c: float) -> str:
@@ -39,6 +41,11 @@ class Term(abc.ABC):
 
     @abc.abstractmethod
     def latex(self) -> str: ...
+
+    def lipschitz(self, N: int, d: int, **params) -> float:
+        """A Lipschitz constant of ``∇_Z f`` on token sets of ``N`` tokens of width ``d`` (a smooth term's
+        bound, MATH.md E5, E7, E11), given the term's parameters; used for ``step_size="auto"``."""
+        raise ValueError(f"no Lipschitz bound is known for term {self}; pass step_size as a number or a function")
 
     def spec(self) -> str:
         """Parseable form, e.g. ``Rc(eps=0.5)``: the symbol, ε, and every other non-default field."""
@@ -84,6 +91,31 @@ class NonSmoothTerm(Term):
     @abc.abstractmethod
     def prox(self, V: Tensor, step: float | Tensor) -> Tensor:
         """``prox_{step·f}(V) = argmin_Z f(Z) + ‖Z − V‖²/(2·step)``."""
+
+
+@dataclass(frozen=True)
+class NonNegative(NonSmoothTerm):
+    """The indicator ``ι(Z ≥ 0)``: 0 on the non-negative orthant, +∞ elsewhere; prox is ReLU.
+
+    It lives beside ``Objective`` because ``Objective.prox`` composes it with separable penalties.
+    """
+
+    symbol: ClassVar[str] = "NonNeg"
+
+    def __call__(self, Z: Tensor) -> Tensor:
+        check_tokens(Z, "Z", check_finite=False)
+        outside = (Z < 0).any(-1).any(-1)
+        inf = torch.full_like(outside, float("inf"), dtype=Z.dtype)
+        return torch.where(outside, inf, torch.zeros_like(outside, dtype=Z.dtype))
+
+    def prox(self, V: Tensor, step) -> Tensor:
+        return torch.relu(V)
+
+    def __str__(self) -> str:
+        return "ι≥0(Z)"
+
+    def latex(self) -> str:
+        return r"\iota_{\geq 0}(\mathbf{Z})"
 
 
 class SeparablePenalty(NonSmoothTerm):
@@ -147,8 +179,6 @@ class Objective:
         Closed forms: separable penalties of one kind add; ``NonNegative`` composes with them as a
         ReLU after their prox, e.g. ``prox(L1(λ) + NonNegative)(v) = ReLU(v − step·λ)``.
         """
-        from srr.objective.terms import NonNegative
-
         penalty, nonneg = None, False
         for c, t in self.nonsmooth_part().terms:
             if c <= 0:

@@ -11,9 +11,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from srr._checks import check_eps, check_nonnegative, check_tokens
-from srr.objective.base import NonSmoothTerm, SeparablePenalty, Term, _number, _spec_value
-from srr.rates import coding_rate, compressed_coding_rate
+from srr._checks import check_eps, check_lam
+from srr.objective.base import NonNegative, SeparablePenalty, Term, _number, _spec_value
+from srr.rates import coding_rate, compressed_coding_rate, compression_lipschitz, rate_scale, spectral_norm_squared
+
+__all__ = ["CodingRate", "CompressedCodingRate", "LeastSquares", "SquaredL2", "L1", "L0", "NonNegative"]
 
 
 def _eps_text(eps) -> str:
@@ -32,6 +34,10 @@ class CodingRate(Term):
 
     def __call__(self, Z: Tensor) -> Tensor:
         return coding_rate(Z, self.eps)
+
+    def lipschitz(self, N: int, d: int, **params) -> float:
+        """(E5) ``α = d/(Nε²)``."""
+        return rate_scale(d, N, self.eps)
 
     def __str__(self) -> str:
         return f"R(Z; ε={_eps_text(self.eps)})"
@@ -57,8 +63,11 @@ class CompressedCodingRate(Term):
         check_eps(self.eps)
 
     def __call__(self, Z: Tensor, U: Tensor) -> Tensor:
-        eps = torch.tensor(self.eps, dtype=Z.dtype, device=Z.device) if isinstance(self.eps, tuple) else self.eps
-        return compressed_coding_rate(Z, U, eps)
+        return compressed_coding_rate(Z, U, self.eps)
+
+    def lipschitz(self, N: int, d: int, *, U: Tensor, **params) -> float:
+        """(E7) ``‖[√β_k U_k]_k‖₂²``."""
+        return compression_lipschitz(U, self.eps, N)
 
     def __str__(self) -> str:
         return f"R^c(Z; U, ε={_eps_text(self.eps)})"
@@ -81,6 +90,10 @@ class LeastSquares(Term):
         residual = X - Z @ D.mT  # (..., N, d)
         return 0.5 * residual.pow(2).sum((-2, -1))
 
+    def lipschitz(self, N: int, d: int, *, D: Tensor, **params) -> float:
+        """(E11) ``‖D‖₂²``."""
+        return spectral_norm_squared(D)
+
     def __str__(self) -> str:
         return "½‖X − Z Dᵀ‖²"
 
@@ -96,10 +109,13 @@ class SquaredL2(Term):
     symbol: ClassVar[str] = "L2"
 
     def __post_init__(self):
-        check_nonnegative(self.lam, "lam")
+        check_lam(self.lam)
 
     def __call__(self, Z: Tensor) -> Tensor:
         return 0.5 * self.lam * Z.pow(2).sum((-2, -1))
+
+    def lipschitz(self, N: int, d: int, **params) -> float:
+        return self.lam
 
     def __str__(self) -> str:
         return "½‖Z‖²" if self.lam == 1 else f"{_number(self.lam)}·½‖Z‖²"
@@ -116,7 +132,7 @@ class L1(SeparablePenalty):
     symbol: ClassVar[str] = "L1"
 
     def __post_init__(self):
-        check_nonnegative(self.lam, "lam")
+        check_lam(self.lam)
 
     def __call__(self, Z: Tensor) -> Tensor:
         return self.lam * Z.abs().sum((-2, -1))
@@ -140,7 +156,7 @@ class L0(SeparablePenalty):
     symbol: ClassVar[str] = "L0"
 
     def __post_init__(self):
-        check_nonnegative(self.lam, "lam")
+        check_lam(self.lam)
 
     def __call__(self, Z: Tensor) -> Tensor:
         return self.lam * (Z != 0).sum((-2, -1)).to(Z.dtype)
@@ -154,24 +170,3 @@ class L0(SeparablePenalty):
 
     def latex(self) -> str:
         return r"\|\mathbf{Z}\|_0" if self.lam == 1 else rf"{_number(self.lam)}\,\|\mathbf{{Z}}\|_0"
-
-
-@dataclass(frozen=True)
-class NonNegative(NonSmoothTerm):
-    """The indicator ``ι(Z ≥ 0)``: 0 on the non-negative orthant, +∞ elsewhere; prox is ReLU."""
-
-    symbol: ClassVar[str] = "NonNeg"
-
-    def __call__(self, Z: Tensor) -> Tensor:
-        check_tokens(Z, "Z", check_finite=False)
-        outside = (Z < 0).any(-1).any(-1)
-        return torch.where(outside, torch.full_like(outside, float("inf"), dtype=Z.dtype), torch.zeros_like(outside, dtype=Z.dtype))
-
-    def prox(self, V: Tensor, step) -> Tensor:
-        return torch.relu(V)
-
-    def __str__(self) -> str:
-        return "ι≥0(Z)"
-
-    def latex(self) -> str:
-        return r"\iota_{\geq 0}(\mathbf{Z})"
