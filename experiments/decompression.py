@@ -38,7 +38,7 @@ from torch import Tensor
 from experiments._common import markdown_table, parse_args, pyplot, seed_everything, summary, write_csv, write_json
 from srr.data.subspaces import random_subspaces
 from srr.derivation.lipschitz import compression_step_size
-from srr.layers import MSSA
+from srr.layers import MSSA, ExactCompression
 from srr.rates import compressed_coding_rate
 
 NAME = "decompression"
@@ -89,13 +89,13 @@ def make_updates(U: Tensor, setting: ToySetting) -> dict[str, Callable[[Tensor],
     kappa = compression_step_size(U, setting.eps, setting.tokens)  # (E7) 1/L, computed once: U is fixed
     W = U.permute(1, 0, 2).reshape(d, K * p).T  # (K·p, d): the qkv weight, U_k = W_kᵀ
 
-    def layer(**kwargs) -> MSSA:
-        mssa = MSSA(d, heads=K, head_dim=p, **kwargs).to(U.dtype)
+    def layer(cls=MSSA, **kwargs) -> MSSA | ExactCompression:
+        mssa = cls(d, heads=K, head_dim=p, **kwargs).to(U.dtype)
         with torch.no_grad():
             mssa.qkv.weight.copy_(W)
         return mssa.eval()
 
-    maps = {"exact": layer(mode="exact", eps=setting.eps, step_size=kappa).step}
+    maps = {"exact": layer(ExactCompression, eps=setting.eps, step_size=kappa).step}
     for name in SOFTMAX_UPDATES:
         maps[name] = layer(output=name, temperature=setting.temperature_factor * p**-0.5,
                            step_size=setting.softmax_step).step

@@ -6,7 +6,7 @@ measurement / regularisation → training → CLI (see ``docs/architecture.md``)
 - the objective: ``coding_rate`` (E1), ``compressed_coding_rate`` (E2), ``rate_reduction`` (E3),
   ``sparse_rate_reduction`` (E4), and the symbolic terms in ``srr.objective``;
 - derivation: ``derive_step``, ``derive`` (layers as proximal-gradient steps, ``torch.func``; ``srr.derivation``);
-- layers: ``MSSA``, ``ISTA``, ``OvercompleteISTA``, ``check`` (fast layer vs derived reference);
+- layers: ``MSSA``, ``ExactCompression``, ``ISTA``, ``OvercompleteISTA``, ``check`` (fast layer vs derived reference);
 - models: ``create_model``, ``list_models``, ``register_model`` (the CRATE family);
 - measurement: ``measure``, ``SRRRegularizer`` (``srr.measurement``); rank statistics and baselines
   (``srr.generalization``);
@@ -17,7 +17,7 @@ from srr.rates import (Sparsity, coding_rate, coding_rate_grad, compressed_codin
                        compressed_coding_rate_grad, crate_vis_compressed_coding_rate, rate_reduction,
                        sparse_rate_reduction, sparsity)
 from srr.derivation import DerivedLayer, derive, derive_step
-from srr.layers import ISTA, MSSA, CheckReport, OvercompleteISTA, check
+from srr.layers import ISTA, MSSA, CheckReport, ExactCompression, OvercompleteISTA, check
 from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create_model, list_models,
                         list_variants, load_public_state_dict, param_groups, register_model, save_checkpoint)
 from srr.measurement import SRRRegularizer, measure
@@ -33,7 +33,7 @@ __all__ = [
     "sparse_rate_reduction", "coding_rate_grad", "compressed_coding_rate_grad",
     "crate_vis_compressed_coding_rate",
     "derive_step", "derive", "DerivedLayer",
-    "MSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport",
+    "MSSA", "ExactCompression", "ISTA", "OvercompleteISTA", "check", "CheckReport",
     "CRATE", "CRATEConfig", "LayerTokens", "create_model", "list_models", "list_variants", "register_model",
     "save_checkpoint", "load_public_state_dict", "CheckpointError", "param_groups",
     "measure", "SRRRegularizer", "generalization",

@@ -139,6 +139,23 @@ def test_help_texts(command, options):
         assert option in result.stdout, option
 
 
+def test_train_help_tells_the_model_eps_from_the_regularizer_eps():
+    text = " ".join(run("train", "--help").stdout.replace("│", " ").split())  # unwrap rich's panels
+    assert "--model-eps" in text and "--srr-eps" in text
+    assert "CRATEConfig.eps" in text and "see --srr-eps" in text and "see --model-eps" in text
+
+
+def test_model_eps_reaches_the_model_and_is_recorded_in_the_run_config():
+    config = TrainConfig(variant="crate_exact", model_eps=0.3)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).model_eps == 0.3
+    from srr.models import create_model
+
+    model = create_model(config.model, **config.model_overrides())
+    assert model.config.eps == 0.3 and model.config.variant == "crate_exact"
+    assert config.srr_eps == 0.1  # the regulariser's ε is separate
+    assert "eps" not in TrainConfig().model_overrides()  # None: the registry entry's own ε
+
+
 def test_top_level_help_lists_every_command():
     result = run("--help")
     for command in ("train", "eval", "measure", "derive", "models", "bench"):
@@ -170,6 +187,8 @@ def test_train_option_defaults_are_the_library_defaults():
     (["--batch-size", "-4"], ["batch_size"]),
     (["--lr", "0"], ["lr"]),
     (["--optimizer", "lbfgs"], ["optimizer", "adamw"]),
+    (["--model-eps", "0"], ["model_eps", "0"]),
+    (["--srr-eps", "-0.1"], ["srr_eps", "-0.1"]),
     (["--resume"], ["--resume needs --out"]),
 ])
 def test_train_rejects_bad_options_in_one_line(args, fragments):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srr.derivation import compression_step_size, derive
-from srr.layers import ISTA, MSSA, CheckReport, OvercompleteISTA, check
+from srr.layers import ISTA, MSSA, CheckReport, ExactCompression, OvercompleteISTA, check
 from srr.layers.exact import exact_compression_update
 from srr.layers.mssa import OUTPUTS
 from srr.objective import CompressedCodingRate
@@ -25,13 +25,13 @@ f64 = torch.float64
 def test_exact_mssa_equals_the_derived_step(K, p, extra, N, scale, eps, kappa, seed):
     """Hand-exact MSSA (E6, hand-written backward) = autodiff of R^c: outputs and all gradients."""
     torch.manual_seed(seed)
-    layer = MSSA(K * p + extra, heads=K, head_dim=p, mode="exact", step_size=kappa, eps=eps)
+    layer = ExactCompression(K * p + extra, heads=K, head_dim=p, step_size=kappa, eps=eps)
     assert check(layer, tokens=N, scale=scale, seed=seed).ok(1e-10)
     assert check(layer, tokens=N, scale=scale, seed=seed, dtype=torch.float32).ok(1e-5)
 
 
 def test_exact_mssa_with_auto_step_size_uses_the_bound():
-    layer = MSSA(12, heads=3, mode="exact", step_size="auto")
+    layer = ExactCompression(12, heads=3, step_size="auto")
     assert layer.kappa(9) == pytest.approx(compression_step_size(layer.subspaces, 0.5, 9))
     assert check(layer).ok(1e-10)
 
@@ -110,21 +110,21 @@ def test_mssa_output_variants_have_the_published_forms():
 
 def test_mssa_step_adds_the_update_and_the_exact_update_is_minus_kappa_grad():
     x = torch.randn(2, 9, 12, dtype=f64)
-    layer = MSSA(12, heads=3, mode="exact", step_size=0.2).double()
+    layer = ExactCompression(12, heads=3, step_size=0.2).double()
     assert torch.equal(layer.step(x), x + layer(x))
     assert torch.allclose(layer(x), -0.2 * compressed_coding_rate_grad(x, layer.subspaces, 0.5), rtol=1e-12, atol=1e-14)
 
 
 def test_exact_mssa_matches_the_derived_layer_on_shared_subspaces():
     """The pairing the CRATE models use: ``MSSA.step(x)`` = ``derive(R^c)(x)`` with ``U = MSSA.subspaces``."""
-    mssa = MSSA(12, heads=3, mode="exact", step_size=0.2).double()
+    mssa = ExactCompression(12, heads=3, step_size=0.2).double()
     layer = derive(CompressedCodingRate(eps=0.5), step_size=0.2, dim=12, heads=3, U=mssa.subspaces.detach()).double()
     x = torch.randn(3, 8, 12, dtype=f64)
     assert torch.allclose(mssa.step(x), layer(x), rtol=1e-12, atol=1e-14)
 
 
 def test_exact_mssa_under_autocast_keeps_the_solve_in_float32():
-    layer = MSSA(16, heads=4, mode="exact", step_size=0.2)
+    layer = ExactCompression(16, heads=4, step_size=0.2)
     x = torch.randn(2, 9, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
@@ -152,14 +152,42 @@ def test_mssa_orthonormal_option_and_dropout():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="approx"), "mode"), (dict(output="crate_x"), "output"), (dict(step_size=0), "step_size"),
-    (dict(step_size="auto"), "mode='exact'"), (dict(heads=0), "heads"), (dict(dropout=1.0), "dropout"),
-    (dict(mode="exact", eps=-1.0), "eps"),
+    (dict(output="crate_x"), "output"), (dict(step_size=0), "step_size"), (dict(backend="triton"), "backend"),
+    (dict(step_size="auto"), "ExactCompression"), (dict(heads=0), "heads"), (dict(dropout=1.0), "dropout"),
+    (dict(temperature=float("nan")), "temperature"), (dict(eps=0.5), "eps"),
 ])
 def test_mssa_rejects_bad_arguments(kwargs, match):
     kwargs = {"heads": 2, **kwargs}
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         MSSA(8, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(eps=-1.0), "eps"), (dict(eps=float("inf")), "eps"), (dict(eps=float("nan")), "eps"),
+    (dict(eps=True), "eps"), (dict(step_size=0), "step_size"), (dict(step_size=float("inf")), "step_size"),
+    (dict(heads=0), "heads"), (dict(backend="softmax"), "backend"), (dict(output="crate"), "output"),
+])
+def test_exact_compression_rejects_bad_arguments(kwargs, match):
+    """Every argument is checked by the shared checkers; ``eps=inf`` (accepted before) is rejected."""
+    kwargs = {"heads": 2, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        ExactCompression(8, **kwargs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda backend: MSSA(12, heads=3, output="crate_c", backend=backend),
+    lambda backend: ExactCompression(12, heads=3, step_size=0.2, backend=backend),
+    lambda backend: ISTA(12, backend=backend),
+    lambda backend: OvercompleteISTA(12, expansion=2, backend=backend),
+], ids=["mssa", "exact", "ista", "overcomplete_ista"])
+def test_backend_switch_selects_the_reference_path_which_agrees_with_the_fused_one(make):
+    torch.manual_seed(0)
+    fused = make("fused").double()
+    reference = make("reference").double()
+    reference.load_state_dict(fused.state_dict())
+    x = torch.rand(2, 7, 12, dtype=f64)
+    assert torch.allclose(fused(x), reference(x), rtol=1e-10, atol=1e-12)
+    assert torch.equal(reference(x), reference.reference(x))
 
 
 # ---- ISTA: the public code's step with fewer matmuls --------------------------------------------

@@ -1,6 +1,6 @@
 """Benchmark of the hand-optimised layers (issue 3) on CRATE-Tiny and CRATE-Base layer shapes.
 
-1. Exact compression step: ``MSSA(mode="exact").step`` (closed form E6) against the derived step
+1. Exact compression step: ``ExactCompression.step`` (closed form E6) against the derived step
    ``srr.derive.derive(CompressedCodingRate)`` (autodiff of R^c), forward+backward.
 2. CRATE block ``x ↦ ISTA(LN₂(x + MSSA(LN₁(x))))``: ours (SDPA softmax MSSA, one-matmul ISTA E10')
    against a straight re-implementation of the public code's block (explicit N×N softmax,
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srr.derivation import derive
-from srr.layers import ISTA, MSSA
+from srr.layers import ISTA, MSSA, ExactCompression
 from srr.objective import CompressedCodingRate
 
 SHAPES = {"tiny": (384, 6, 64), "base": (768, 12, 64)}  # d, K, p (MATH.md §4.3)
@@ -116,7 +116,7 @@ def bench_shape(name: str, *, batch: int, tokens: int, device: torch.device, rep
     # 1. exact compression step vs the derived step: float32 (the derived R^c always solves in float32;
     #    under autocast the exact step runs its token-wise matmuls in bf16, the p×p algebra in float32)
     kappa, eps = 0.1, 0.5
-    exact = MSSA(d, heads=K, head_dim=p, mode="exact", step_size=kappa, eps=eps).to(device)
+    exact = ExactCompression(d, heads=K, head_dim=p, step_size=kappa, eps=eps).to(device)
     derived = derive(CompressedCodingRate(eps=eps), step_size=kappa, dim=d, heads=K, head_dim=p,
                      U=exact.subspaces.detach()).to(device)
     with torch.no_grad():

@@ -106,9 +106,7 @@ BENCHES = [
 
 def bench_folder() -> Path:
     """``experiments/bench`` of the working directory's repository, or of the one srr is installed from."""
-    import srr
-
-    candidates = [Path.cwd() / "experiments" / "bench", Path(srr.__file__).resolve().parents[1] / "experiments" / "bench"]
+    candidates = [Path.cwd() / "experiments" / "bench", Path(__file__).resolve().parents[2] / "experiments" / "bench"]
     for folder in candidates:
         if (folder / "__init__.py").is_file() or any(folder.glob("bench_*.py")):
             return folder

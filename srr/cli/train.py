@@ -53,6 +53,7 @@ def train(
     variant: Annotated[Optional[str], typer.Option(help="CRATE variant: crate, crate_c, crate_n, crate_t, crate_fix, crate_identity, crate_exact, crate_alpha, crate_derived. Default: the model's own.", rich_help_panel="Model")] = None,
     patch_size: Annotated[Optional[int], typer.Option(help="Patch size. Default: the model's own.", rich_help_panel="Model")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout inside attention. Default: the model's own.", rich_help_panel="Model")] = None,
+    model_eps: Annotated[Optional[float], typer.Option(help="The model's own ε (not ε²): the distortion of R^c in the crate_exact and crate_derived layers (CRATEConfig.eps). Not the regulariser's: see --srr-eps. Default: the model's own.", rich_help_panel="Model")] = None,
     # data
     dataset: Annotated[str, typer.Option(help="digits (bundled, default), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder.", rich_help_panel="Data")] = "digits",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets. Default: $SRR_DATA_DIR or ./data.", rich_help_panel="Data")] = None,
@@ -76,7 +77,7 @@ def train(
     # SRR
     srr_weight: Annotated[float, typer.Option(help="η_reg, weight of the SRR regulariser; 0 disables it.", rich_help_panel="SRR regularisation")] = 1e-3,
     srr_layers: Annotated[str, typer.Option(help="Layers regularised: last, all, or indices like 0,3.", rich_help_panel="SRR regularisation")] = "last",
-    srr_eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).", rich_help_panel="SRR regularisation")] = 0.1,
+    srr_eps: Annotated[float, typer.Option(help="ε (not ε²) of the coding rates in the SRR regulariser and the per-epoch measurement. Not the model's: see --model-eps.", rich_help_panel="SRR regularisation")] = 0.1,
     srr_lam: Annotated[float, typer.Option(help="λ of the sparsity term of μ_SRR.", rich_help_panel="SRR regularisation")] = 0.1,
     measure_samples: Annotated[int, typer.Option(help="Training images on which per-layer μ_SRR is measured each epoch; 0 turns it off.", rich_help_panel="SRR regularisation")] = 256,
     # run control
@@ -109,7 +110,7 @@ def train(
         else:
             check_names(model=model, dataset=dataset, variant=variant)
             config = TrainConfig(
-                model=model, variant=variant, patch_size=patch_size, dropout=dropout, dataset=dataset,
+                model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps, dataset=dataset,
                 data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,
                 image_size=image_size, val_fraction=val_fraction, train_subset=train_subset, num_workers=workers,
                 epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay,

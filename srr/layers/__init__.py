@@ -1,13 +1,17 @@
 """Hand-optimised CRATE layers and their checks against the derived references (MATH.md §4).
 
-- ``MSSA``: compression half-step; softmax attention (E8) with HU24's output variants, or the exact
-  gradient step on ``R^c`` (E6). ``forward`` returns the update; ``step(x) = x + forward(x)``.
+- ``MSSA``: compression half-step, softmax attention (E8) with HU24's output variants;
+  ``ExactCompression``: the exact gradient step on ``R^c`` (E6). ``forward`` returns the update,
+  ``step(x) = x + forward(x)``.
 - ``ISTA``: sparsification step (E10) with one token-wise matmul (E10'), Triton epilogue on CUDA.
 - ``OvercompleteISTA``: CRATE-α sparsification (overcomplete D, k steps from 0, decoder D₁).
 - ``check``: any of them against its ``reference`` (the derived step) in float64 → ``CheckReport``.
+
+Every layer takes ``backend=``: ``"auto"``/``"fused"`` runs the fast path, ``"reference"`` the reference.
 """
 from srr.layers.check import CheckReport, check, relative_error
+from srr.layers.exact import ExactCompression
 from srr.layers.ista import ISTA, OvercompleteISTA
 from srr.layers.mssa import MSSA
 
-__all__ = ["MSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport", "relative_error"]
+__all__ = ["MSSA", "ExactCompression", "ISTA", "OvercompleteISTA", "check", "CheckReport", "relative_error"]

@@ -16,16 +16,15 @@ and a separate decoder ``D₁ (d, m)``: returns ``A D₁ᵀ`` (the CRATE-α bloc
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 
-from srr._checks import check_nonnegative, check_positive
+from srr._checks import check_choice, check_int, check_lam, check_positive
 from srr.derivation import derive_step
 from srr.layers import triton_ista
 from srr.objective import L1, LeastSquares, NonNegative
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "fused", "torch", "triton", "reference")  # "fused" = "auto"
 
 
 def _public_init(*shape: int) -> Tensor:
@@ -46,19 +45,18 @@ class ISTA(nn.Module):
     """One ISTA step (E10) from the input: ``x (..., N, d) -> (..., N, d)``, ≥ 0 unless ``nonnegative=False``.
 
     ``step_size`` η and ``lam`` λ are floats, or ``nn.Parameter``s with ``learnable=True``.
-    ``backend``: ``"auto"`` (Triton on CUDA when available, else torch), ``"torch"``, ``"triton"``.
+    ``backend``: ``"auto"``/``"fused"`` (Triton on CUDA when available, else torch), ``"torch"``, ``"triton"``,
+    or ``"reference"`` (the derived step, :meth:`reference`).
     """
 
     def __init__(self, dim: int, *, step_size: float = 0.1, lam: float = 0.1, learnable: bool = False,
                  nonnegative: bool = True, backend: str = "auto"):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_int(dim, "dim", minimum=1)
+        check_choice(backend, "backend", BACKENDS)
         self.dim, self.nonnegative, self.backend, self.learnable = dim, bool(nonnegative), backend, bool(learnable)
         step_size = check_positive(step_size, "step_size")
-        lam = check_nonnegative(lam, "lam")
+        lam = check_lam(lam)
         if self.learnable:
             self.step_size = nn.Parameter(torch.tensor(step_size))
             self.lam = nn.Parameter(torch.tensor(lam))
@@ -82,6 +80,8 @@ class ISTA(nn.Module):
         return self.step_size * self.lam
 
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
+        if self.backend == "reference":
+            return self.reference(x)
         M = self.effective_matrix()
         x2 = x.reshape(-1, self.dim)  # (T, d)
         t = self.threshold()
@@ -122,14 +122,14 @@ class OvercompleteISTA(nn.Module):
     """
 
     def __init__(self, dim: int, *, expansion: int = 4, steps: int = 2, step_size: float = 0.1, lam: float = 0.1,
-                 residual: bool = False):
+                 residual: bool = False, backend: str = "auto"):
         super().__init__()
         for name, v in (("dim", dim), ("expansion", expansion), ("steps", steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(v, name, minimum=1)
         self.dim, self.expansion, self.steps, self.residual = dim, expansion, steps, bool(residual)
         self.step_size = check_positive(step_size, "step_size")
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_lam(lam)
+        self.backend = check_choice(backend, "backend", ("auto", "fused", "reference"))
         self.D = nn.Parameter(_public_init(dim, expansion * dim))  # encoder dictionary (d, m)
         self.D1 = nn.Parameter(_public_init(dim, expansion * dim))  # decoder (d, m)
 
@@ -147,6 +147,8 @@ class OvercompleteISTA(nn.Module):
         return a
 
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
+        if self.backend == "reference":
+            return self.reference(x)
         out = self.codes(x) @ self.D1.mT
         return x + out if self.residual else out
 
@@ -161,4 +163,4 @@ class OvercompleteISTA(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, expansion={self.expansion}, steps={self.steps}, step_size={self.step_size:.4g}, "
-                f"lam={self.lam:.4g}, residual={self.residual}")
+                f"lam={self.lam:.4g}, residual={self.residual}, backend={self.backend!r}")

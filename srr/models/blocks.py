@@ -1,6 +1,6 @@
 """One CRATE layer (MATH.md §4.1–4.2): a compression half-step, then a sparsification step.
 
-    Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ))              C: the compression update (MSSA, E8–E9; or −κ∇R^c, E6)
+    Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ))              C: the compression update (MSSA, E8–E9; or ExactCompression, −κ∇R^c, E6)
     Z^{ℓ+1} = S(LN₂(Z^{ℓ+½}))                S: one ISTA step (E10), no residual, so Z^{ℓ+1} ≥ 0
     Z^{ℓ+1} = Z^{ℓ+½} + S(LN₂(Z^{ℓ+½}))      crate_alpha: S = D₁A₂, overcomplete ISTA with residual
 
@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from srr.layers import ISTA, MSSA, OvercompleteISTA
+from srr.layers import ISTA, MSSA, ExactCompression, OvercompleteISTA
 from srr.models.config import CRATEConfig
 from srr.models.drop_path import drop_path
 
@@ -145,11 +145,11 @@ def _compression(cfg: CRATEConfig) -> nn.Module:
                        dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim)
         return _EagerOnly(layer, as_update=True)  # derived returns Z − κ∇R^c(Z); the block adds the update
     if cfg.variant == "crate_exact":
-        return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, mode="exact", output="identity",
-                    eps=cfg.eps, step_size=cfg.compression_step_size)
+        return ExactCompression(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, eps=cfg.eps,
+                                step_size=cfg.compression_step_size, backend=cfg.backend)
     output = {"crate_fix": "fixed", "crate_identity": "identity", "crate_alpha": "crate"}.get(cfg.variant, cfg.variant)
-    return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, mode="softmax", output=output,
-                temperature=cfg.temperature, step_size=cfg.compression_step_size, dropout=cfg.dropout)
+    return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output=output, temperature=cfg.temperature,
+                step_size=cfg.compression_step_size, dropout=cfg.dropout, backend=cfg.backend)
 
 
 def _sparsification(cfg: CRATEConfig) -> nn.Module:
@@ -160,8 +160,8 @@ def _sparsification(cfg: CRATEConfig) -> nn.Module:
         return _EagerOnly(layer, as_update=False)
     if cfg.variant == "crate_alpha":
         return OvercompleteISTA(cfg.dim, expansion=cfg.expansion, steps=cfg.ista_steps,
-                                step_size=cfg.step_size, lam=cfg.lam)
-    return ISTA(cfg.dim, step_size=cfg.step_size, lam=cfg.lam)
+                                step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)
+    return ISTA(cfg.dim, step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)
 
 
 def build_block(cfg: CRATEConfig, *, drop_path: float = 0.0) -> CRATEBlock:

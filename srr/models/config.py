@@ -3,13 +3,14 @@
 The public code (Ma-Lab-Berkeley/CRATE, ``model/crate.py``) hard-codes several of these
 (η = λ = 0.1, τ = p^{-1/2}, ``randn`` embeddings, CLS pooling); here they are fields whose
 defaults reproduce it. A config is stored in our checkpoints as a plain dict
-(:meth:`CRATEConfig.to_dict`), so ``create_model(checkpoint=path)`` alone rebuilds the model.
+(``to_dict``, from the shared config base), so ``create_model(checkpoint=path)`` alone rebuilds the model.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from srr._checks import check_choice, check_eps, check_int, check_lam, check_number, check_positive
+from srr._config import ConfigBase
 
 # Compression (MSSA) output of each variant (MATH.md §4.1 table), and the ISTA block it uses.
 VARIANTS: dict[str, str] = {
@@ -25,11 +26,12 @@ VARIANTS: dict[str, str] = {
 }
 
 POOLS = ("cls", "mean")
+BACKENDS = ("auto", "fused", "reference")
 INITS = ("public", "vit")
 
 
 @dataclass(frozen=True)
-class CRATEConfig:
+class CRATEConfig(ConfigBase):
     """Architecture and hyper-parameters of one CRATE model. Defaults: CRATE-Tiny, public code.
 
     ``heads · head_dim`` need not equal ``dim`` (the public code allows it), except for
@@ -59,45 +61,38 @@ class CRATEConfig:
     dropout: float = 0.0  # inside MSSA (attention weights and output), as in the public code
     emb_dropout: float = 0.0  # after adding position embeddings
     drop_path: float = 0.0  # stochastic depth on residual branches, linear in depth up to this
+    backend: str = "auto"  # every layer's path: "auto"/"fused" (the fast one) or "reference" (slow, for checks)
     name: str | None = None  # registry name it was built from (provenance only)
 
     def __post_init__(self):
         for f in ("dim", "depth", "heads", "head_dim", "image_size", "patch_size", "in_chans", "expansion", "ista_steps"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{f} must be an integer >= 1, got {v!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+            check_int(getattr(self, f), f, minimum=1)
+        check_int(self.num_classes, "num_classes", minimum=0)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size must be divisible by patch_size, got image_size={self.image_size}, "
                              f"patch_size={self.patch_size}")
         if self.patch_dim < 2:
             raise ValueError(f"in_chans * patch_size**2 must be >= 2 (the LayerNorm of a one-value patch is constant, "
                              f"so the model would see no image), got in_chans={self.in_chans}, patch_size={self.patch_size}")
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
-        if self.compression_step_size == "auto" and self.variant not in ("crate_exact", "crate_derived"):
-            raise ValueError(f"compression_step_size='auto' (1/L of E7) is for variants crate_exact and crate_derived, "
-                             f"got variant {self.variant!r}")
-        for f in ("step_size", "compression_step_size", "eps"):
-            v = getattr(self, f)
-            if f == "compression_step_size" and v == "auto":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{f} must be a finite number > 0, got {v!r}")
-        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
-        if self.temperature is not None and (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
-                                             or not math.isfinite(self.temperature) or self.temperature <= 0):
-            raise ValueError(f"temperature must be None (p^-1/2) or a finite number > 0, got {self.temperature!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        check_choice(self.variant, "variant", sorted(VARIANTS))
+        if self.compression_step_size == "auto":
+            if self.variant not in ("crate_exact", "crate_derived"):
+                raise ValueError(f"compression_step_size='auto' (1/L of E7) is for variants crate_exact and "
+                                 f"crate_derived, got variant {self.variant!r}")
+        else:
+            check_positive(self.compression_step_size, "compression_step_size")
+        check_positive(self.step_size, "step_size")
+        check_eps(self.eps)
+        if not isinstance(self.eps, (int, float)):
+            raise ValueError(f"eps must be one finite number > 0 (ε, not ε²), got {self.eps!r}")
+        check_lam(self.lam)
+        if self.temperature is not None:
+            check_positive(self.temperature, "temperature")
+        check_choice(self.pool, "pool", POOLS)
+        check_choice(self.init, "init", INITS)
+        check_choice(self.backend, "backend", BACKENDS)
         for f in ("dropout", "emb_dropout", "drop_path"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise ValueError(f"{f} must be a probability in [0, 1), got {v!r}")
+            check_number(getattr(self, f), f, low=0.0, high=1.0, high_open=True)
         if self.variant in ("crate_t", "crate_identity") and self.heads * self.head_dim != self.dim:
             raise ValueError(f"variant {self.variant!r} needs heads*head_dim == dim, got heads={self.heads}, "
                              f"head_dim={self.head_dim}, dim={self.dim}")
@@ -109,22 +104,3 @@ class CRATEConfig:
     @property
     def patch_dim(self) -> int:
         return self.in_chans * self.patch_size**2
-
-    def replace(self, **changes) -> "CRATEConfig":
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise TypeError(f"unknown CRATEConfig field(s) {unknown}; valid fields: {sorted(f.name for f in fields(self))}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain dict (str/int/float/None only), loadable with ``torch.load(weights_only=True)``."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CRATEConfig":
-        if not isinstance(d, dict):
-            raise TypeError(f"config must be a dict of CRATEConfig fields, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"config holds unknown field(s) {unknown}; valid fields: {sorted(f.name for f in fields(cls))}")
-        return cls(**d)

@@ -52,8 +52,6 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
     state dict of the public CRATE code (``name`` required, ``variant="crate"``). Loading is
     strict: missing, unexpected or mis-shaped keys raise a ``CheckpointError`` listing them.
     """
-    import srr.models.zoo  # noqa: F401  (registers the built-in models)
-
     given = {k: v for k, v in dict(num_classes=num_classes, image_size=image_size, patch_size=patch_size,
                                    in_chans=in_chans, variant=variant).items() if v is not None}
     given.update(overrides)
@@ -69,8 +67,6 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
 
 
 def _build(name: str, **given) -> nn.Module:
-    import srr.models.zoo  # noqa: F401
-
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
     return _MODELS[name](**given)

@@ -7,17 +7,18 @@ about a minute on two CPU cores.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from srr._checks import check_choice, check_eps, check_int, check_lam, check_nonnegative, check_number, check_positive
+from srr._config import ConfigBase
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Options of one run. Sizes are per process: under ``torchrun`` the global batch is
     ``batch_size * world_size``."""
 
@@ -26,6 +27,7 @@ class TrainConfig:
     variant: str | None = None  # None: the registry entry's own variant
     patch_size: int | None = None  # None: the registry entry's own
     dropout: float | None = None  # None: the registry entry's own
+    model_eps: float | None = None  # the model's own ε (CRATEConfig.eps: crate_exact/crate_derived); None: its own
     # data
     dataset: str = "digits"
     data_dir: str | None = None  # None: $SRR_DATA_DIR, else ./data
@@ -49,7 +51,7 @@ class TrainConfig:
     # SRR regularisation (MATH.md §6)
     srr_weight: float = 1e-3  # η_reg; 0 disables the regulariser
     srr_layers: str = "last"  # "last", "all" or comma-separated layer indices, e.g. "0,3"
-    srr_eps: float = 0.1  # ε (never ε²); srr.measure's default
+    srr_eps: float = 0.1  # the regulariser's and measurement's ε (never ε²), not the model's; srr.measure's default
     srr_lam: float = 0.1  # λ of the ℓ0 term of μ_SRR (reported; carries no gradient)
     measure_samples: int = 256  # training images on which per-layer μ_SRR is measured each epoch; 0: off
     # run control
@@ -64,56 +66,45 @@ class TrainConfig:
     threads: int | None = None  # intra-op CPU threads during the run; None: torch's default
 
     def __post_init__(self) -> None:
-        _int(self, "epochs", minimum=1)
-        _int(self, "batch_size", minimum=1)
-        _int(self, "seed", minimum=0)
-        _int(self, "measure_samples", minimum=0)
-        _int(self, "checkpoint_every", minimum=0)
+        check_int(self.epochs, "epochs", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.seed, "seed", minimum=0)
+        check_int(self.measure_samples, "measure_samples", minimum=0)
+        check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
         for name in ("patch_size", "image_size", "train_subset"):
             if getattr(self, name) is not None:
-                _int(self, name, minimum=1)
+                check_int(getattr(self, name), name, minimum=1)
         if self.num_workers is not None:
-            _int(self, "num_workers", minimum=0)
+            check_int(self.num_workers, "num_workers", minimum=0)
         if self.threads is not None:
-            _int(self, "threads", minimum=1)
-        for name in ("lr",):
-            _number(self, name, low=0, low_open=True)
-        for name in ("min_lr", "weight_decay", "warmup", "momentum", "srr_weight", "srr_lam"):
-            _number(self, name, low=0)
-        _number(self, "srr_eps", low=0, low_open=True)
-        _number(self, "label_smoothing", low=0, high=1)
-        _number(self, "val_fraction", low=0, high=1)
-        if self.val_fraction >= 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+            check_int(self.threads, "threads", minimum=1)
+        check_positive(self.lr, "lr")
+        for name in ("min_lr", "weight_decay", "warmup", "momentum", "srr_weight"):
+            check_nonnegative(getattr(self, name), name)
+        check_lam(self.srr_lam, "srr_lam")
+        check_eps(self.srr_eps, "srr_eps")
+        if self.model_eps is not None:
+            check_eps(self.model_eps, "model_eps")
+        check_number(self.label_smoothing, "label_smoothing", low=0, high=1)
+        check_number(self.val_fraction, "val_fraction", low=0, high=1, high_open=True)
         if self.dropout is not None:
-            _number(self, "dropout", low=0, high=1)
+            check_number(self.dropout, "dropout", low=0, high=1)
         if self.grad_clip is not None:
-            _number(self, "grad_clip", low=0, low_open=True)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+            check_positive(self.grad_clip, "grad_clip")
+        check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         parse_layers(self.srr_layers)
         for name in ("model", "dataset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
 
-    def replace(self, **changes) -> "TrainConfig":
-        """A copy with ``changes``; unknown names are a TypeError listing the valid ones."""
-        unknown = sorted(set(changes) - {f.name for f in fields(self)})
-        if unknown:
-            raise TypeError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(f.name for f in fields(self))}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"config must be a dict of TrainConfig fields, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"config holds unknown field(s) {unknown}; valid: {sorted(f.name for f in fields(cls))}")
-        return cls(**data)
+    def model_overrides(self) -> dict:
+        """The ``create_model`` keyword arguments this run sets on top of the registry entry's own."""
+        overrides = {"variant": self.variant, "patch_size": self.patch_size}
+        if self.dropout is not None:
+            overrides["dropout"] = self.dropout
+        if self.model_eps is not None:
+            overrides["eps"] = self.model_eps
+        return overrides
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -142,18 +133,3 @@ def parse_layers(text: str) -> str | list[int]:
         raise ValueError(f"srr_layers must be 'last', 'all' or comma-separated layer indices like '0,3', got {text!r}")
     return layers
 
-
-def _int(config, name: str, *, minimum: int) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(config, name: str, *, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    value = getattr(config, name)
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bound = f"> {low}" if low_open else f">= {low}"
-        bound += f" and <= {high}" if high != math.inf else ""
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")

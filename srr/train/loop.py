@@ -126,10 +126,9 @@ class _Trainer:
         seed_everything(config.seed)  # identical data and initial weights on every rank
         self.data: RunData = load_run_data(config)
         info = self.data.info
-        overrides = {} if config.dropout is None else {"dropout": config.dropout}
         self.model = create_model(
             config.model, num_classes=info.num_classes, image_size=info.image_size, in_chans=info.in_chans,
-            variant=config.variant, patch_size=config.patch_size, **overrides,
+            **config.model_overrides(),
         ).to(env.device)
         self.batches = TrainBatches(
             self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,

@@ -40,7 +40,7 @@ def loader_vs_model(config: TrainConfig | None = None, *, steps: int = 10) -> di
 
         info = data.info
         model = create_model(config.model, num_classes=info.num_classes, image_size=info.image_size,
-                             in_chans=info.in_chans, variant=config.variant, patch_size=config.patch_size).to(device)
+                             in_chans=info.in_chans, **config.model_overrides()).to(device)
         optimizer = build_optimizer(model, config)
         regularizer = build_regularizer(model, config)
 
