@@ -9,7 +9,7 @@ from .info import DatasetInfo, DatasetNotFoundError
 from .registry import dataset_info, list_datasets, load_dataset, register_dataset
 from .sampler import EpochSampler, make_loader
 from .subspaces import make_subspaces
-from .tensors import TensorImageDataset, as_tensors, random_shift
+from .tensors import TensorImageDataset, as_tensors, random_flip, random_shift
 
 __all__ = [
     "DatasetInfo",
@@ -22,6 +22,7 @@ __all__ = [
     "load_dataset",
     "make_loader",
     "make_subspaces",
+    "random_flip",
     "random_shift",
     "register_dataset",
 ]

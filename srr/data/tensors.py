@@ -39,11 +39,20 @@ def random_shift(
     return shifted.permute(0, 3, 1, 2).contiguous()
 
 
+def random_flip(images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of ``(N, C, H, W)`` left-right with probability ½."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 class TensorImageDataset(TensorDataset):
     """A split held as ``images`` ``(N, C, H, W)`` float and ``labels`` ``(N,)`` long tensors.
 
-    With ``augment=True`` each item is shifted by up to one pixel (:func:`random_shift`);
-    ``.tensors`` always holds the unaugmented data.
+    With ``augment=True`` each item is shifted by up to ``max_shift`` pixels (:func:`random_shift`,
+    a random crop of the image padded with ``fill``) and, with ``flip``, mirrored with
+    probability ½; ``.tensors`` always holds the unaugmented data.
     """
 
     def __init__(
@@ -55,6 +64,8 @@ class TensorImageDataset(TensorDataset):
         classes: list[str],
         augment: bool = False,
         fill: float = 0.0,
+        max_shift: int = 1,
+        flip: bool = False,
     ) -> None:
         if images.ndim != 4 or labels.shape != images.shape[:1]:
             raise ValueError(
@@ -63,7 +74,14 @@ class TensorImageDataset(TensorDataset):
             )
         super().__init__(images, labels)
         self.info, self.classes = info, classes
-        self.augment, self.fill = augment, fill
+        self.augment, self.fill, self.max_shift, self.flip = augment, fill, max_shift, flip
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """This dataset's training augmentation applied to a batch ``(B, C, H, W)`` of its images."""
+        if not self.augment:
+            return images
+        images = random_shift(images, self.max_shift, fill=self.fill)
+        return random_flip(images) if self.flip else images
 
     @property
     def targets(self) -> torch.Tensor:
@@ -72,9 +90,7 @@ class TensorImageDataset(TensorDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = super().__getitem__(index)
-        if self.augment:
-            image = random_shift(image[None], fill=self.fill)[0]
-        return image, label
+        return self.augment_batch(image[None])[0], label
 
 
 def as_tensors(dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from srr.data import DatasetInfo, EpochSampler, TensorImageDataset, as_tensors, load_dataset, make_loader, random_shift
+from srr.data import DatasetInfo, EpochSampler, TensorImageDataset, as_tensors, load_dataset, make_loader
 
 from .config import TrainConfig
 
@@ -125,10 +125,7 @@ class TrainBatches:
         if index_map is not None:
             order = index_map[order]
         for chunk in order.split(self.batch_size):
-            x = images[chunk]  # (B, C, H, W)
-            if base.augment:
-                x = random_shift(x, fill=base.fill)
-            yield x, labels[chunk]
+            yield base.augment_batch(images[chunk]), labels[chunk]  # (B, C, H, W)
 
 
 def eval_batches(dataset: Dataset, *, batch_size: int, num_workers: int | None = None) -> Iterator:
