@@ -61,13 +61,16 @@ class FitResult:
 def fit(model: nn.Module, train: Data, *, epochs: int, batch_size: int, lr: float, seed: int,
         optimizer: str = "adam", weight_decay: float = 0.0, target_loss: float | None = None,
         regularizer: Callable[[Tensor], Tensor] | None = None, extra_params=(),
-        on_epoch: Callable[[int, nn.Module], None] | None = None, check_every: int = 1) -> FitResult:
+        on_epoch: Callable[[int, nn.Module], None] | None = None, check_every: int = 1,
+        augment: Callable[[Tensor], Tensor] | None = None, cosine: bool = False) -> FitResult:
     """Train ``model`` on ``train`` with cross-entropy (+ ``regularizer(labels)`` if given).
 
     ``target_loss``: stop at the first epoch end whose full-pass training cross-entropy is
-    ``<= target_loss`` (checked every ``check_every`` epochs), else after ``epochs``. A constant
-    learning rate (the stopping criterion, not a schedule, ends the run). ``on_epoch(e, model)``
-    is called after epoch ``e`` (and with ``e = 0`` before training).
+    ``<= target_loss`` (checked every ``check_every`` epochs), else after ``epochs``. The learning
+    rate is constant (the stopping criterion, not a schedule, ends the run) unless ``cosine``
+    (cosine decay to 0 over ``epochs``, per step). ``augment`` maps each training batch before the
+    forward pass. ``on_epoch(e, model)`` is called after epoch ``e`` (and with ``e = 0`` before
+    training).
     """
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
@@ -75,6 +78,9 @@ def fit(model: nn.Module, train: Data, *, epochs: int, batch_size: int, lr: floa
            else torch.optim.Adam(params, lr=lr) if optimizer == "adam"
            else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
     X, y = train
+    total_steps = epochs * math.ceil(len(y) / batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total_steps))) \
+        if cosine else None
     started, steps, history = time.perf_counter(), 0, []
     if on_epoch is not None:
         on_epoch(0, model)
@@ -82,7 +88,9 @@ def fit(model: nn.Module, train: Data, *, epochs: int, batch_size: int, lr: floa
     for epoch in range(1, epochs + 1):
         model.train()
         for idx in torch.randperm(len(y), generator=g).split(batch_size):
-            logits = model(X[idx])
+            idx = idx.to(X.device)
+            xb = X[idx] if augment is None else augment(X[idx])
+            logits = model(xb)
             loss = F.cross_entropy(logits, y[idx])
             if regularizer is not None:
                 loss = loss + regularizer(y[idx])
@@ -91,6 +99,8 @@ def fit(model: nn.Module, train: Data, *, epochs: int, batch_size: int, lr: floa
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, model)

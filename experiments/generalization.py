@@ -1,23 +1,26 @@
-"""Experiment 3 — does μ_SRR predict generalization? (HU24 §5; MATH.md §5)
+"""Experiment — does μ_SRR predict generalization? HU24 §5 on CIFAR-10 (MATH.md §5, §5b).
 
-A grid of CRATE models on ``digits`` over five hyperparameters, two values each:
-variant {crate, crate_c, crate_n, crate_t} × batch size {32, 128} × learning rate {1e-3, 3e-3}
-× width d {32, 64} (4 heads of d/4, 4 layers, patch 2) × dropout {0, 0.1} = 64 models (Adam,
-plain cross-entropy, no augmentation), each trained until its training cross-entropy (eval mode,
-whole training split) is ≤ 0.01 — HU24's criterion — or until ``--max-epochs``, whichever comes
-first (``reached`` says which). Generalization gap = test loss − training loss (the 360-image
-test split plays HU24's validation set).
+HU24's grid at a scale a 2-core CPU affords, per width: variant {crate, crate_c, crate_n, crate_t}
+× batch size × learning rate × dropout (two values each) = 32 models, each trained with Adam, no
+augmentation, plain cross-entropy, until its training cross-entropy (eval mode, the whole
+training subset) is ≤ 0.01 or ``--max-epochs`` is reached (``reached`` says which). Dropout is
+in HU24's three places (after the position embedding, on the attention weights, after the
+attention output). The grid is trained once per seed (``--seeds``, default 0 1): the τ between
+the two seeds' gaps is the noise ceiling any measure can reach.
 
-Per model: μ_SRR (:func:`srr.measure.measure` on 512 training images, each layer's own U, ε = 0.1,
-λ = 0.1, mean over layers of μ_SRR at the layer outputs) and the baselines of
-``srr.measure.baselines`` (Jiang et al. 2019): log products/sums of Frobenius and spectral norms,
-path-norm, 1/margin², PAC-Bayes magnitude flatness 1/σ² (accuracy-drop criterion 0.1).
-Statistics: Kendall τ over all model pairs and granulated Ψ (:func:`srr.measure.compare_measures`),
-over all models and per width.
+Data: a class-balanced ``--train-subset`` of the CIFAR-10 (JPEG) training set; the
+generalization gap (test CE − train CE) is measured on the **full 10,000-image test set**.
 
-Run: ``python -m experiments.generalization [--workers N] [--max-epochs 150]`` or ``--quick``.
-Writes ``models.csv`` (one row per model), ``kendall.csv``/``kendall.md``, ``summary.json``,
-``generalization.png``.
+Per model: every layer's R, R^c (at ε = 0.1, ε² = p/N, ε = 1), ‖Z‖₀ and the YU23-convention R^c
+(``experiments/_cifar.py``) on ``--measure-samples`` training images; μ_SRR = HU24 eq. 11 (mean
+over all layers, raw tokens, λ = 0.1); the baselines of ``srr.generalization`` (Jiang et al.
+2019). Statistics: Kendall τ (Jiang et al.'s τ_a, no tie correction) and granulated Ψ, **per
+width and per seed**; pooled widths only as an aside.
+
+Run: ``python -m experiments.generalization [--workers 2] [--widths 64] [--seeds 0 1]`` or ``--quick``;
+``--device cuda`` trains on a GPU. ``--from-csv models.csv`` re-tabulates without training.
+Writes ``models.csv`` (one row per model, per-layer parts in ``L{ℓ}_*`` columns), ``kendall.csv``,
+``kendall.md``, ``noise.csv``, ``summary.json``, ``generalization.png``.
 """
 from __future__ import annotations
 
@@ -26,136 +29,218 @@ import math
 import time
 from pathlib import Path
 
-from experiments._common import markdown_table, read_csv, parse_args, pyplot, summary, write_csv, write_json
+import numpy as np
+
+from experiments._common import markdown_table, parse_args, pyplot, read_csv, summary, write_csv, write_json
 from experiments._pool import run_jobs
 
 NAME = "generalization"
-GRID = dict(variant=("crate", "crate_c", "crate_n", "crate_t"), batch_size=(32, 128), lr=(1e-3, 3e-3),
-            width=(32, 64), dropout=(0.0, 0.1))
-QUICK_GRID = dict(variant=("crate", "crate_n"), batch_size=(64,), lr=(1e-3, 3e-3), width=(16,), dropout=(0.0,))
-MEASURES = ("srr", "frobenius_product", "frobenius_sum", "spectral_product", "spectral_sum", "path_norm",
-            "inverse_margin", "sharpness")
-PAPER_SRR_TAU = 0.445  # HU24 §5, width 384, CIFAR-10 (MATH.md §5)
+GRID = dict(variant=("crate", "crate_c", "crate_n", "crate_t"), batch_size=(64, 128), lr=(1e-3, 2e-3),
+            dropout=(0.0, 0.1))
+QUICK_GRID = dict(variant=("crate", "crate_n"), batch_size=(64,), lr=(1e-3, 2e-3), dropout=(0.0,))
+BASELINES = ("frobenius_product", "frobenius_sum", "spectral_product", "spectral_sum", "path_norm",
+             "inverse_margin", "sharpness")
+SRR_SCORES = {"srr": ("0.1", 0.1), "srr_eps2_p_over_N": ("p/N", 0.1), "srr_eps1": ("1", 0.1)}
+MEASURES = (*SRR_SCORES, "srr_yu23", *BASELINES)
+PAPER_SRR_TAU = 0.445  # HU24 §5, width 384, 32 models (MATH.md §5b)
 TARGET_LOSS = 0.01
+DEPTH, HEADS = 4, 4
 
 
 def run_one(job: dict) -> dict:
     """Train one grid model to the stopping criterion and measure it (runs in a worker process)."""
     import torch
 
+    from experiments import _cifar
     from experiments._common import seed_everything
-    from experiments._train import evaluate, fit, load_split
+    from experiments._train import evaluate, fit
     from srr.generalization import (classification_error, frobenius_product, frobenius_sum, inverse_margin,
                                     path_norm, sharpness, spectral_product, spectral_sum)
-    from srr.measurement import measure
-    from srr.models import create_model
 
+    device = torch.device(job["device"])
+    root = Path(job["data_dir"])
+    train_set = _cifar.load("train", root, subset=job["train_subset"])
+    test_set = _cifar.load("test", root, subset=job.get("test_subset"))
+    train = tuple(t.to(device) for t in train_set.tensors)
+    test = tuple(t.to(device) for t in test_set.tensors)
     seed_everything(job["seed"])
-    train, test = load_split("digits", "train"), load_split("digits", "test")
-    if job.get("train_subset"):
-        train = (train[0][: job["train_subset"]], train[1][: job["train_subset"]])
-    w = job["width"]
-    model = create_model("crate_nano", variant=job["variant"], dim=w, head_dim=w // 4, dropout=job["dropout"],
-                         **job.get("overrides", {}))
+    model = _cifar.model(job["variant"], width=job["width"], depth=job["depth"], heads=HEADS,
+                         dropout=job["dropout"]).to(device)
     result = fit(model, train, epochs=job["max_epochs"], batch_size=job["batch_size"], lr=job["lr"],
                  seed=job["seed"], target_loss=TARGET_LOSS, check_every=1)
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
-    Xm, ym = train[0][:512], train[1][:512]
+    Xm, ym = train[0][: job["measure_samples"]], train[1][: job["measure_samples"]]
+    layers = _cifar.layer_stats(model, Xm)
     model.eval()
-    row = {k: v for k, v in job.items() if k != "overrides"}
-    row.update(epochs=result.epochs, reached=result.reached_target, train_loss=train_loss, train_acc=train_acc,
-               test_loss=test_loss, test_acc=test_acc, gap=test_loss - train_loss, train_seconds=result.seconds)
-    row["srr"] = measure(model, Xm, progress=False).srr
-    row["frobenius_product"] = frobenius_product(model)
-    row["frobenius_sum"] = frobenius_sum(model)
-    row["spectral_product"] = spectral_product(model)
-    row["spectral_sum"] = spectral_sum(model)
-    row["path_norm"] = path_norm(model, tuple(Xm.shape[1:]))
-    row["inverse_margin"] = inverse_margin(model, (Xm, ym))
-    row["sharpness"] = sharpness(model, classification_error, (Xm, ym), num_samples=job["sharpness_samples"],
+    row = {"model_id": job["model_id"], "seed": job["seed"], "variant": job["variant"], "width": job["width"],
+           "batch_size": job["batch_size"], "lr": job["lr"], "dropout": job["dropout"],
+           "train_ce": train_loss, "test_ce": test_loss, "gap": test_loss - train_loss,
+           "train_acc": train_acc, "test_acc": test_acc, "epochs": result.epochs, "reached": result.reached_target,
+           "train_seconds": result.seconds, "n_train": len(train[1]), "n_test": len(test[1])}
+    for name, (eps, lam) in SRR_SCORES.items():
+        row[name] = _cifar.model_srr(layers, eps=eps, lam=lam)
+    row["srr_yu23"] = float(np.mean([r["Rc_yu23_in"] for r in layers]))
+    cpu = model.cpu()
+    Xc, yc = Xm.cpu(), ym.cpu()
+    row["frobenius_product"] = frobenius_product(cpu)
+    row["frobenius_sum"] = frobenius_sum(cpu)
+    row["spectral_product"] = spectral_product(cpu)
+    row["spectral_sum"] = spectral_sum(cpu)
+    row["path_norm"] = path_norm(cpu, tuple(Xc.shape[1:]))
+    row["inverse_margin"] = inverse_margin(cpu, (Xc, yc))
+    row["sharpness"] = sharpness(cpu, classification_error, (Xc, yc), num_samples=job["sharpness_samples"],
                                  search_steps=job["sharpness_steps"], seed=0)
-    row["params"] = sum(p.numel() for p in model.parameters())
+    row["params"] = sum(p.numel() for p in cpu.parameters())
+    for r in layers:
+        for key, value in r.items():
+            if key != "layer":
+                row[f"L{r['layer']}_{key}"] = value
     return row
 
 
-def jobs_for(grid: dict, *, seed: int, max_epochs: int, quick: bool) -> list[dict]:
-    keys = list(grid)
-    extra = dict(train_subset=96, overrides=dict(depth=1), sharpness_samples=1, sharpness_steps=3) if quick else \
-        dict(sharpness_samples=3, sharpness_steps=12)
-    return [{**dict(zip(keys, values)), "seed": seed, "max_epochs": max_epochs, **extra}
-            for values in itertools.product(*grid.values())]
+def jobs_for(grid: dict, args) -> list[dict]:
+    common = dict(max_epochs=args.max_epochs, depth=args.depth, train_subset=args.train_subset,
+                  measure_samples=args.measure_samples, data_dir=str(args.data_dir), device=args.device,
+                  sharpness_samples=1 if args.quick else 3, sharpness_steps=3 if args.quick else 10,
+                  test_subset=500 if args.quick else None)
+    jobs = []
+    for seed in args.seeds:
+        for width in args.widths:
+            for values in itertools.product(*grid.values()):
+                hp = dict(zip(grid, values))
+                model_id = "w{}-{}-bs{}-lr{:g}-do{:g}".format(width, *values)
+                jobs.append({**common, **hp, "width": width, "seed": seed, "model_id": model_id})
+    return jobs
 
 
 def statistics(models: list[dict], hyperparameters: list[str]) -> list[dict]:
-    """Kendall τ and granulated Ψ of every measure, over all models and per width."""
+    """Kendall τ (τ_a) and granulated Ψ of every measure, per width and seed, per width over both
+    seeds, and pooled over widths (an aside)."""
     from srr.generalization import compare_measures
 
-    rows = []
-    subsets = [("all", models)]
-    widths = sorted({m["width"] for m in models if "width" in m})
+    subsets = []
+    widths = sorted({m["width"] for m in models})
+    seeds = sorted({m["seed"] for m in models})
+    for w in widths:
+        for s in seeds:
+            subsets.append((f"width {w}, seed {s}", [m for m in models if m["width"] == w and m["seed"] == s]))
+        if len(seeds) > 1:
+            subsets.append((f"width {w}, both seeds", [m for m in models if m["width"] == w]))
     if len(widths) > 1:
-        subsets += [(f"width {w}", [m for m in models if m["width"] == w]) for w in widths]
+        subsets.append(("pooled widths (aside)", models))
+    rows = []
     for name, subset in subsets:
         hp = [h for h in hyperparameters if len({m[h] for m in subset}) > 1]
-        # inf (e.g. 1/margin² of a model that misclassifies >10 % of its training data) ranks as
-        # "most complex", which is what it means; rank statistics take it as it is.
-        for result in compare_measures(subset, MEASURES, gap="gap", hyperparameters=hp):
+        measures = [m for m in MEASURES if all(m in r for r in subset)]
+        for result in compare_measures(subset, measures, gap="gap", hyperparameters=hp, ties="a"):
             rows.append({"models": name, "n": result.n_models, "measure": result.measure, "tau": result.tau,
                          "Psi": result.Psi, **{f"psi[{k}]": v for k, v in result.psi.items()}})
     return rows
 
 
+def noise_ceiling(models: list[dict]) -> list[dict]:
+    """Per width: τ between the two seeds' gaps of identical configurations (the noise ceiling),
+    and the same between their μ_SRR values (how reproducible the measure itself is)."""
+    from srr.generalization import kendall_tau
+
+    rows = []
+    seeds = sorted({m["seed"] for m in models})
+    for w in sorted({m["width"] for m in models}):
+        for a, b in itertools.combinations(seeds, 2):
+            by = {(m["model_id"], m["seed"]): m for m in models if m["width"] == w}
+            ids = sorted({i for i, s in by if s == a} & {i for i, s in by if s == b})
+            if len(ids) < 2:
+                continue
+            ga, gb = [by[(i, a)]["gap"] for i in ids], [by[(i, b)]["gap"] for i in ids]
+            sa, sb = [by[(i, a)]["srr"] for i in ids], [by[(i, b)]["srr"] for i in ids]
+            rows.append({"width": w, "seeds": f"{a} vs {b}", "n": len(ids), "tau_gap_between_seeds":
+                         kendall_tau(ga, gb, ties="a"), "tau_srr_between_seeds": kendall_tau(sa, sb, ties="a"),
+                         "mean_abs_gap_difference": float(np.mean(np.abs(np.subtract(ga, gb)))),
+                         "gap_std_across_models": float(np.std(ga + gb))})
+    return rows
+
+
 def main(argv=None) -> dict:
+    from experiments._cifar import data_dir
+
     args = parse_args(NAME, __doc__, argv, extra=[
         (("--workers",), dict(type=int, default=1, help="worker processes (one torch thread each)")),
+        (("--device",), dict(default="cpu", help="torch device of the training (cpu, cuda)")),
+        (("--data-dir",), dict(default=None, help="CIFAR-10 folder (default ../shared/data/cifar10)")),
         (("--from-csv",), dict(type=Path, default=None, help="skip training: tabulate the rows of this CSV")),
+        (("--widths",), dict(type=int, nargs="+", default=None, help="token widths d (default 64)")),
+        (("--seeds",), dict(type=int, nargs="+", default=None, help="grid seeds (default 0 1)")),
+        (("--depth",), dict(type=int, default=None, help=f"layers (default {DEPTH})")),
+        (("--train-subset",), dict(type=int, default=None, help="training images (default 500)")),
+        (("--measure-samples",), dict(type=int, default=None, help="training images measured (default 500)")),
         (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 150)"))])
     started = time.perf_counter()
     grid = QUICK_GRID if args.quick else GRID
-    max_epochs = args.max_epochs or (1 if args.quick else 150)
-    jobs = jobs_for(grid, seed=args.seed, max_epochs=max_epochs, quick=args.quick)
+    args.data_dir = data_dir(args.data_dir)
+    args.widths = args.widths or ([16] if args.quick else [64])
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1])
+    args.depth = args.depth or (1 if args.quick else DEPTH)
+    args.train_subset = args.train_subset or (100 if args.quick else 500)
+    args.measure_samples = args.measure_samples or (50 if args.quick else 500)
+    args.max_epochs = args.max_epochs or (1 if args.quick else 150)
+    jobs = jobs_for(grid, args)
 
     done: list[dict] = []
 
     def progress(i, n, row):
         done.append(row)
         write_csv(args.out / "models.partial.csv", done)  # survives an interrupted grid
-        print(f"[{i}/{n}] {row['variant']} bs {row['batch_size']} lr {row['lr']:g} w {row['width']} "
-              f"do {row['dropout']}: {row['epochs']} ep, train CE {row['train_loss']:.4f}, gap {row['gap']:.3f}, "
-              f"srr {row['srr']:.1f}", flush=True)
+        print(f"[{i}/{n}] seed {row['seed']} {row['model_id']} {row['variant']}: {row['epochs']} ep "
+              f"({row['train_seconds']:.0f} s), train CE {row['train_ce']:.4f}, test acc {row['test_acc']:.3f}, "
+              f"gap {row['gap']:.3f}, srr {row['srr']:.1f}", flush=True)
 
-    models = read_csv(args.from_csv) if args.from_csv else run_jobs(run_one, jobs, workers=args.workers, progress=progress)
-    write_csv(args.out / "models.csv", models)
-    (args.out / "models.partial.csv").unlink(missing_ok=True)
+    if args.from_csv:
+        models = read_csv(args.from_csv)
+    else:
+        models = run_jobs(run_one, jobs, workers=args.workers, progress=progress)
+        write_csv(args.out / "models.csv", models)
+        (args.out / "models.partial.csv").unlink(missing_ok=True)
     hyperparameters = [h for h in grid if len(grid[h]) > 1]
     stats = statistics(models, hyperparameters)
+    noise = noise_ceiling(models)
     write_csv(args.out / "kendall.csv", stats)
+    if noise:
+        write_csv(args.out / "noise.csv", noise)
     cols = ["models", "measure", "tau", *[f"psi[{h}]" for h in hyperparameters], "Psi"]
     (args.out / "kendall.md").write_text(markdown_table(stats, cols, {c: "+.3f" for c in cols[2:]}))
     _plot(models, args.out / "generalization.png")
-    reached = sum(m["reached"] for m in models)
-    payload = summary(NAME, args, started, dataset="digits", grid={k: list(v) for k, v in grid.items()},
-                      n_models=len(models), target_train_ce=TARGET_LOSS, max_epochs=max_epochs,
-                      reached_target=reached, max_train_ce=max(m["train_loss"] for m in models),
-                      workers=args.workers, paper_srr_tau_width384=PAPER_SRR_TAU, statistics=stats)
+    reached = sum(bool(m["reached"]) for m in models)
+    payload = summary(NAME, args, started, dataset="cifar10 (JPEG)", data_dir=str(args.data_dir),
+                      grid={k: list(v) for k, v in grid.items()}, widths=args.widths, seeds=args.seeds,
+                      depth=args.depth, heads=HEADS, tokens_per_image=65, train_subset=args.train_subset,
+                      test_images=models[0]["n_test"] if models else None, measure_samples=args.measure_samples,
+                      n_models=len(models), target_train_ce=TARGET_LOSS, max_epochs=args.max_epochs,
+                      reached_target=reached, max_train_ce=max(m["train_ce"] for m in models),
+                      workers=args.workers, device=args.device, kendall="tau_a (Jiang et al., no tie correction)",
+                      paper_srr_tau_width384=PAPER_SRR_TAU, noise_ceiling=noise, statistics=stats)
     write_json(args.out / "summary.json", payload)
     return payload
 
 
 def _plot(models, path):
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = ("srr", "srr_yu23", "path_norm", "sharpness")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
     colors = dict(zip(GRID["variant"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for ax, measure in zip(axes, ("srr", "path_norm", "sharpness")):
+    markers = {0: "o", 1: "^"}
+    for ax, measure in zip(axes, panels):
         for variant in dict.fromkeys(m["variant"] for m in models):
-            sel = [m for m in models if m["variant"] == variant and math.isfinite(m[measure])]
-            ax.scatter([m[measure] for m in sel], [m["gap"] for m in sel], s=14, color=colors.get(variant),
-                       label=variant, alpha=0.8)
-        ax.set(xlabel=measure, ylabel="generalization gap (test CE − train CE)")
-        if measure != "srr":
+            for seed in sorted({m["seed"] for m in models}):
+                sel = [m for m in models if m["variant"] == variant and m["seed"] == seed
+                       and math.isfinite(float(m[measure]))]
+                ax.scatter([m[measure] for m in sel], [m["gap"] for m in sel], s=16, color=colors.get(variant),
+                           marker=markers.get(seed, "s"), alpha=0.8, label=f"{variant}, seed {seed}")
+        ax.set(xlabel=measure, ylabel="gap: test CE − train CE")
+        if measure in ("path_norm", "sharpness"):
             ax.set_xscale("log")
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("CIFAR-10 (JPEG): complexity measure vs generalization gap, one point per model", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -2,13 +2,15 @@
 the experiments add on top of the library compute what their docstrings say."""
 import json
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from experiments import decompression, generalization, layerwise, regularization, zoo
+from experiments import _cifar, cifar_loader, decompression, generalization, layerwise, regularization, zoo
 from experiments._common import read_csv, write_csv
 from experiments.decompression import ToySetting, make_updates, project, run_setting, second_order_update
 from srr.data.subspaces import random_subspaces
@@ -32,12 +34,20 @@ def _toy(seed=0, scale=1.0, tokens=24, dim=24, heads=3):
 
 # ----------------------------------------------------------------------------- quick modes
 
+CIFAR = pytest.mark.skipif(not _cifar.DEFAULT_DATA_DIR.is_dir() and not os.environ.get("SRR_DATA_DIR"),
+                           reason="the CIFAR-10 experiments need ../shared/data/cifar10 or $SRR_DATA_DIR")
+
+
 @pytest.mark.parametrize("module, files", [
     (decompression, ["layers.csv", "sweep.csv", "table.md", "summary.json", "decompression.png", "sweep.png"]),
-    (layerwise, ["layers.csv", "table.csv", "table.md", "summary.json", "layerwise.png", "training.png"]),
+    pytest.param(layerwise, ["layers.csv", "results.csv", "table.csv", "table.md", "summary.json",
+                             "layerwise_raw.png", "layerwise_yu23.png", "training.png"], marks=CIFAR),
     (zoo, ["runs.csv", "table.csv", "table.md", "summary.json", "zoo.png"]),
-    (regularization, ["runs.csv", "table.csv", "table.md", "summary.json", "regularization.png"]),
-    (generalization, ["models.csv", "kendall.csv", "kendall.md", "summary.json", "generalization.png"]),
+    pytest.param(regularization, ["runs.csv", "table.csv", "table.md", "summary.json", "regularization.png"],
+                 marks=CIFAR),
+    pytest.param(generalization, ["models.csv", "kendall.csv", "kendall.md", "summary.json", "generalization.png"],
+                 marks=CIFAR),
+    pytest.param(cifar_loader, ["summary.json"], marks=CIFAR),
 ])
 def test_quick_mode_writes_its_results(module, files, tmp_path):
     payload = module.main(["--quick", "--out", str(tmp_path)])
@@ -115,24 +125,70 @@ def test_trajectory_marks_divergence_instead_of_raising():
 
 # ----------------------------------------------------------------------------- tables
 
-def test_regularization_aggregate_reports_change_against_plain_cross_entropy():
-    runs = [{"variant": "crate", "layers": "none", "policy": "model", "eta": 0.0, "test_acc": a} for a in (0.9, 0.8)]
-    runs += [{"variant": "crate", "layers": "last", "policy": "model", "eta": 1e-3, "test_acc": a} for a in (0.95, 0.85)]
-    table = {r["layers"]: r for r in regularization.aggregate(runs)}
-    assert table["none"]["test_acc_mean"] == pytest.approx(0.85)
-    assert table["last"]["delta_vs_ce"] == pytest.approx(0.05)
-    assert table["last"]["test_acc_std"] == pytest.approx(math.sqrt(0.005))
+def test_regularization_aggregate_pairs_each_arm_with_plain_cross_entropy_of_its_seed():
+    runs = [{"eta": 0.0, "seed": s, "test_acc": a} for s, a in ((0, 0.50), (1, 0.60), (2, 0.70))]
+    runs += [{"eta": 1e-3, "seed": s, "test_acc": a} for s, a in ((0, 0.52), (1, 0.61), (2, 0.73))]
+    for r in runs:
+        r.update(grad_ratio_init=r["eta"], grad_ratio_end=r["eta"], grad_ratio_per_unit_eta_end=1.0)
+    table = {r["eta"]: r for r in regularization.aggregate(runs)}
+    assert table[0.0]["test_acc_mean"] == pytest.approx(0.6) and table[0.0]["paired_delta_mean"] == 0
+    assert table[1e-3]["paired_delta_mean"] == pytest.approx(0.02)
+    assert table[1e-3]["paired_delta_std"] == pytest.approx(float(np.std([0.02, 0.01, 0.03], ddof=1)))
+    # unpaired, the same runs would show a spread of 0.1: pairing removes the seed-to-seed variation
+    assert table[1e-3]["test_acc_std"] > 5 * table[1e-3]["paired_delta_std"]
 
 
-def test_generalization_statistics_rank_a_perfect_measure_first():
+def _grid_models(gap_of):
     models = []
-    for i, (variant, lr) in enumerate([(v, lr) for v in ("a", "b") for lr in (1, 2)]):
-        gap = float(i)
-        models.append({"variant": variant, "lr": lr, "gap": gap,
-                       **{m: (gap if m == "srr" else -gap) for m in generalization.MEASURES}})
-    stats = {r["measure"]: r for r in generalization.statistics(models, ["variant", "lr"])}
-    assert stats["srr"]["tau"] == pytest.approx(1.0) and stats["srr"]["Psi"] == pytest.approx(1.0)
-    assert stats["path_norm"]["tau"] == pytest.approx(-1.0)
+    for seed in (0, 1):
+        for i, (variant, lr) in enumerate([(v, lr) for v in ("a", "b") for lr in (1, 2)]):
+            gap = gap_of(i, seed)
+            models.append({"model_id": f"{variant}-{lr}", "seed": seed, "width": 64, "variant": variant, "lr": lr,
+                           "gap": gap, **{m: (gap if m == "srr" else -gap) for m in generalization.MEASURES}})
+    return models
+
+
+def test_generalization_statistics_rank_a_perfect_measure_first_per_width_and_seed():
+    models = _grid_models(lambda i, seed: float(i) + 0.1 * seed)
+    stats = {(r["models"], r["measure"]): r for r in generalization.statistics(models, ["variant", "lr"])}
+    for subset in ("width 64, seed 0", "width 64, seed 1"):
+        assert stats[(subset, "srr")]["tau"] == pytest.approx(1.0)
+        assert stats[(subset, "srr")]["Psi"] == pytest.approx(1.0)
+        assert stats[(subset, "path_norm")]["tau"] == pytest.approx(-1.0)
+
+
+def test_noise_ceiling_is_the_tau_between_the_two_seeds_gaps():
+    same = generalization.noise_ceiling(_grid_models(lambda i, seed: float(i)))
+    assert same[0]["tau_gap_between_seeds"] == pytest.approx(1.0) and same[0]["n"] == 4
+    flipped = generalization.noise_ceiling(_grid_models(lambda i, seed: float(i if seed == 0 else -i)))
+    assert flipped[0]["tau_gap_between_seeds"] == pytest.approx(-1.0)
+
+
+def test_model_srr_rescores_any_saved_eps_and_lambda():
+    rows = [{"l0": 100.0, "R[0.1]": 50.0, "Rc[0.1]": 30.0, "R[1]": 10.0, "Rc[1]": 8.0},
+            {"l0": 200.0, "R[0.1]": 40.0, "Rc[0.1]": 35.0, "R[1]": 9.0, "Rc[1]": 7.0}]
+    assert _cifar.model_srr(rows) == pytest.approx(((10 + 30 - 50) + (20 + 35 - 40)) / 2)
+    assert _cifar.model_srr(rows, eps="1", lam=0.0) == pytest.approx(((8 - 10) + (7 - 9)) / 2)
+
+
+@CIFAR
+def test_layer_stats_match_the_library_rates_on_real_images():
+    """The experiments' per-layer numbers are srr's rates of the model's own intermediates."""
+    import srr
+
+    torch.manual_seed(0)
+    images = _cifar.load("test", _cifar.data_dir(None), subset=20).tensors[0]
+    net = _cifar.model("crate", width=32, depth=2)
+    rows = _cifar.layer_stats(net, images, batch_size=7)
+    _, layers = net.forward_intermediates(images)
+    out, U = layers[1].output.double(), net.blocks()[1].subspaces.double()
+    assert rows[1]["R[0.1]"] == pytest.approx(srr.coding_rate(out, 0.1).mean().item(), rel=1e-6)
+    assert rows[1]["Rc[p/N]"] == pytest.approx(
+        srr.compressed_coding_rate(out, U, (8 / 65) ** 0.5).mean().item(), rel=1e-6)
+    assert rows[1]["l0"] == pytest.approx((out != 0).sum().item() / 20)
+    yu23 = srr.crate_vis_compressed_coding_rate(layers[0].mssa_input.double(), net.blocks()[0].subspaces.double())
+    assert rows[0]["Rc_yu23_in"] == pytest.approx(yu23.mean().item(), rel=1e-6)
+    assert 0 < rows[1]["zero_fraction"] < 1  # the ISTA output is sparse but not empty
 
 
 def test_csv_round_trip_keeps_numbers_and_flags(tmp_path):
