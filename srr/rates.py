@@ -9,6 +9,7 @@ Tokens are rows: ``Z`` has shape ``(..., N, d)``; subspaces ``U`` have shape ``(
 - (E3) ``rate_reduction``          ΔR = R − R^c
 - (E4) ``sparse_rate_reduction``   μ_SRR = λ‖Z‖₀ + R^c − R   (the measure form, to minimise)
 - (E5), (E6) closed-form gradients ``coding_rate_grad``, ``compressed_coding_rate_grad``
+- (E12), (E13) ``variational_compressed_coding_rate`` R^c_var(Z; U, Π) (ToST) and its gradient with Π fixed
 
 The pieces every other module calls (no one re-types them): ``rate_scale`` (α, β), ``subspace_eps``
 (ε as a float or a ``(K,)`` tensor), ``rates_from_gram`` (R, R^c from ``ZᵀZ``, the batch scope) and
@@ -188,6 +189,78 @@ def compressed_coding_rate_grad(Z: Tensor, U: Tensor, eps, *, check_finite: bool
     beta = rate_scale(p, N, subspace_eps(eps, K, Z))
     beta_t = beta[..., None, None] if isinstance(beta, Tensor) else beta
     coeff = beta_t * solve_identity_plus(A.mT @ A, beta, A.mT).mT  # (..., K, N, p)
+    return coeff.transpose(-3, -2).flatten(-2) @ U.permute(0, 2, 1).reshape(K * p, d)
+
+
+def _check_membership(Pi, Z: Tensor, K: int, *, check_values: bool) -> Tensor:
+    """Validate a membership ``Π (..., N, K)`` of ``Z (..., N, d)``'s tokens in K subspaces, entries in [0, 1]."""
+    if not isinstance(Pi, Tensor):
+        raise TypeError(f"Pi must be a torch.Tensor of shape (..., N, K), got {type(Pi).__name__}")
+    N = Z.shape[-2]
+    if Pi.ndim < 2 or Pi.shape[-2:] != (N, K):
+        raise ValueError(f"Pi must have shape (..., N={N}, K={K}) (one weight per token and subspace), got shape "
+                         f"{tuple(Pi.shape)}")
+    if not Pi.is_floating_point():
+        raise TypeError(f"Pi must be a floating-point tensor, got dtype {Pi.dtype}")
+    if check_values and not bool(((Pi >= 0) & (Pi <= 1)).all()):
+        raise ValueError(f"Pi must hold membership weights in [0, 1] (rows on the simplex), got values in "
+                         f"[{float(Pi.detach().min()):.3g}, {float(Pi.detach().max()):.3g}]")
+    return Pi
+
+
+def _membership_statistics(A: Tensor, Pi: Tensor) -> tuple[Tensor, Tensor]:
+    """``n_k = Σ_i π_ik`` ``(..., K)`` and ``m_k = Σ_i π_ik (A_k)_i² / n_k`` ``(..., K, p)`` (0 where ``n_k = 0``)."""
+    Pi_k = Pi.mT  # (..., K, N)
+    n = Pi_k.sum(-1)  # (..., K)
+    s = (Pi_k.unsqueeze(-2) @ A.square()).squeeze(-2)  # (..., K, p)
+    safe_n = torch.where(n > 0, n, torch.ones_like(n))
+    return n, s / safe_n.unsqueeze(-1)
+
+
+def variational_compressed_coding_rate(Z: Tensor, U: Tensor, Pi: Tensor, eps, *, per_subspace: bool = False,
+                                       check_finite: bool = True) -> Tensor:
+    """(E12) ``R^c_var(Z; U, Π, ε) = Σ_k (n_k/2N) Σ_j log(1 + (p/ε²) m_kj)``, ToST's variational compression.
+
+    ``m_k = Σ_i π_ik (A_k)_i² / n_k`` (a p-vector: the membership-weighted second moment of head k),
+    ``n_k = Σ_i π_ik``, ``A_k = Z U_k``; a head with ``n_k = 0`` contributes 0. ``Z (..., N, d)``,
+    ``U (K, d, p)``, ``Pi (..., N, K)`` (broadcast over Z's batch) -> ``(...)``, or ``(..., K)`` with
+    ``per_subspace=True``. By Hadamard's inequality it bounds R^c from above at ``Π ≡ 1``. O(N·K·p):
+    no Gram matrix, no logdet. ``check_finite`` also checks ``0 ≤ Π ≤ 1``.
+    """
+    check_tokens(Z, "Z", check_finite=check_finite)
+    check_subspaces(U, Z.shape[-1])
+    K, _, p = U.shape
+    N = Z.shape[-2]
+    _check_membership(Pi, Z, K, check_values=check_finite)
+    with torch.autocast(Z.device.type, enabled=False):
+        wd = working_dtype(Z.dtype)
+        eps = subspace_eps(eps, K, Z.to(wd))
+        A = _project(Z.to(wd), U.to(wd))  # (..., K, N, p)
+        n, m = _membership_statistics(A, Pi.to(wd))  # (..., K), (..., K, p)
+        c = p / eps**2  # p/ε², one per subspace when eps is
+        c_t = c[:, None] if isinstance(c, Tensor) else c
+        per_head = n / (2 * N) * torch.log1p(c_t * m).sum(-1)  # (..., K)
+    return per_head if per_subspace else per_head.sum(-1)
+
+
+def variational_compressed_coding_rate_grad(Z: Tensor, U: Tensor, Pi: Tensor, eps) -> Tensor:
+    """(E13) ``∇_Z R^c_var = β Σ_k [(π_k ⊙ A_k) ⊘ (1 + (p/ε²) m_k)] U_kᵀ``, ``β = p/(Nε²)``, with Π held fixed.
+
+    No N×N matrix and no p×p solve: O(N·K·p) besides the projections.
+    """
+    check_tokens(Z, "Z")
+    check_subspaces(U, Z.shape[-1])
+    K, d, p = U.shape
+    N = Z.shape[-2]
+    _check_membership(Pi, Z, K, check_values=True)
+    eps = subspace_eps(eps, K, Z)
+    A = _project(Z, U)  # (..., K, N, p)
+    _, m = _membership_statistics(A, Pi)  # (..., K, p)
+    c = p / eps**2
+    c_t = c[:, None] if isinstance(c, Tensor) else c
+    beta = rate_scale(p, N, eps)
+    beta_t = beta[:, None, None] if isinstance(beta, Tensor) else beta
+    coeff = beta_t * Pi.mT.unsqueeze(-1) * A / (1 + c_t * m).unsqueeze(-2)  # (..., K, N, p)
     return coeff.transpose(-3, -2).flatten(-2) @ U.permute(0, 2, 1).reshape(K * p, d)
 
 

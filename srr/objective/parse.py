@@ -6,11 +6,12 @@ import ast
 
 from srr.objective.base import Objective, Term
 from srr.objective.terms import (CodingRate, CompressedCodingRate, L0, L1, LeastSquares, NonNegative,
-                                 SquaredL2)
+                                 SquaredL2, VariationalCompressedCodingRate)
 
 TERMS: dict[str, type[Term]] = {
     "R": CodingRate, "CodingRate": CodingRate,
     "Rc": CompressedCodingRate, "CompressedCodingRate": CompressedCodingRate,
+    "RcVar": VariationalCompressedCodingRate, "VariationalCompressedCodingRate": VariationalCompressedCodingRate,
     "L1": L1, "L0": L0, "L2": SquaredL2, "SquaredL2": SquaredL2,
     "NonNeg": NonNegative, "NonNegative": NonNegative,
     "LeastSquares": LeastSquares, "LS": LeastSquares,
@@ -58,7 +59,7 @@ def _term(name: str, kwargs: dict, text: str) -> Term:
 
 
 def parse(text: str) -> Objective:
-    """Objective from text: terms ``R, Rc, L1, L0, L2, NonNeg, LeastSquares`` with keyword
+    """Objective from text: terms ``R, Rc, RcVar, L1, L0, L2, NonNeg, LeastSquares`` with keyword
     arguments, combined by ``+``, ``-`` and number ``*``."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"objective text must be a non-empty string, got {text!r}")

@@ -1,4 +1,4 @@
-"""The concrete terms of sparse rate reduction (MATH.md E1, E2, E4, E10).
+"""The concrete terms of sparse rate reduction (MATH.md E1, E2, E4, E10) and ToST's variational compression (E12).
 
 Each is a frozen dataclass, final, evaluated as ``term(Z, **params) -> (...)`` on token sets
 ``Z (..., N, d)``; ``eps`` is ε (never ε²); penalties sum over all N·d entries of a token set.
@@ -13,9 +13,11 @@ from torch import Tensor
 
 from srr._checks import check_eps, check_lam
 from srr.objective.base import NonNegative, SeparablePenalty, Term, _number, _spec_value
-from srr.rates import coding_rate, compressed_coding_rate, compression_lipschitz, rate_scale, spectral_norm_squared
+from srr.rates import (coding_rate, compressed_coding_rate, compression_lipschitz, rate_scale, spectral_norm_squared,
+                       variational_compressed_coding_rate)
 
-__all__ = ["CodingRate", "CompressedCodingRate", "LeastSquares", "SquaredL2", "L1", "L0", "NonNegative"]
+__all__ = ["CodingRate", "CompressedCodingRate", "VariationalCompressedCodingRate", "LeastSquares", "SquaredL2", "L1",
+           "L0", "NonNegative"]
 
 
 def _eps_text(eps) -> str:
@@ -74,6 +76,40 @@ class CompressedCodingRate(Term):
 
     def latex(self) -> str:
         return rf"R^c(\mathbf{{Z}};\,\mathbf{{U}},\,\epsilon={_eps_text(self.eps)})"
+
+
+@dataclass(frozen=True)
+class VariationalCompressedCodingRate(Term):
+    """(E12) ``R^c_var(Z; U, Π, ε) = Σ_k (n_k/2N) Σ_j log(1 + (p/ε²) m_kj)``, ``m_k = Σ_i π_ik (ZU_k)_i² / n_k``.
+
+    ToST's variational (Hadamard, diagonal) form of the membership-weighted compression term; ``U (K, d, p)``
+    and a membership ``Pi (..., N, K)`` (entries in [0, 1]) at evaluation. Its gradient with Π held fixed
+    (E13) is Token Statistics Self-Attention. ``eps`` may be a tuple with one ε per subspace.
+    """
+
+    eps: float | tuple[float, ...] = 0.5
+    symbol: ClassVar[str] = "RcVar"
+    requires: ClassVar[tuple[str, ...]] = ("U", "Pi")
+
+    def __post_init__(self):
+        if isinstance(self.eps, list):
+            object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
+        check_eps(self.eps)
+
+    def __call__(self, Z: Tensor, U: Tensor, Pi: Tensor) -> Tensor:
+        return variational_compressed_coding_rate(Z, U, Pi, self.eps)
+
+    def lipschitz(self, N: int, d: int, *, U: Tensor, **params) -> float:
+        """(E7)'s bound ``‖[√β_k U_k]_k‖₂²`` holds for any fixed Π in [0, 1]: per head and coordinate the
+        Hessian in ``A_k`` lies between ``−β/2`` and ``β`` (docs/math.md, E13)."""
+        return compression_lipschitz(U, self.eps, N)
+
+    def __str__(self) -> str:
+        return f"R^c_var(Z; U, Π, ε={_eps_text(self.eps)})"
+
+    def latex(self) -> str:
+        return (rf"R^c_{{\mathrm{{var}}}}(\mathbf{{Z}};\,\mathbf{{U}},\,\boldsymbol{{\Pi}},\,"
+                rf"\epsilon={_eps_text(self.eps)})")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,195 @@
+"""TSSA (ToST, Wu et al. 2025): the variational compression term R^c_var (E12), its derived step (E13),
+Hadamard's bound against R^c (E2), the fast layer against the derived step and ToST's formulas, and the
+``tost`` model variant."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from srr.derivation import BoundFraction, compression_lipschitz, derive_step, lipschitz_bound
+from srr.objective import L1, VariationalCompressedCodingRate, parse
+from srr.rates import (compressed_coding_rate, variational_compressed_coding_rate,
+                       variational_compressed_coding_rate_grad)
+
+f64 = torch.float64
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def tokens(seed, *shape, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(*shape, generator=g, dtype=f64)
+
+
+def membership(seed, *shape, kind="soft"):
+    """Π ``(..., N, K)``: softmax rows (``soft``), one-hot rows that may leave a head empty (``hard``), or all ones."""
+    logits = tokens(seed, *shape, scale=2.0)
+    if kind == "soft":
+        return torch.softmax(logits, -1)
+    if kind == "hard":
+        return torch.nn.functional.one_hot(logits.argmax(-1), shape[-1]).to(f64)
+    return torch.ones(shape, dtype=f64)
+
+
+def e13(Z, U, Pi, eps):
+    """(E13) written out entry by entry: ∇_{z_i} = (p/(Nε²)) Σ_k Σ_j π_ik a_kij u_kj / (1 + (p/ε²) s_kj / n_k)."""
+    K, d, p = U.shape
+    N = Z.shape[-2]
+    A = torch.einsum("...nd,kdp->...knp", Z, U)
+    n = Pi.sum(-2)  # (..., K)
+    s = torch.einsum("...nk,...knp->...kp", Pi, A**2)
+    m = torch.where(n[..., None] > 0, s / n[..., None].clamp_min(1e-300), torch.zeros_like(s))
+    weights = torch.einsum("...nk,...knp->...knp", Pi, A) / (1 + p / eps**2 * m[..., None, :])
+    return p / (N * eps**2) * torch.einsum("...knp,kdp->...nd", weights, U)
+
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 4), st.integers(1, 4), st.integers(0, 3))
+kinds = st.sampled_from(["soft", "hard", "ones"])
+
+
+# ---- the term (E12) ------------------------------------------------------------------------------
+def test_the_term_prints_parses_and_evaluates_the_function():
+    term = VariationalCompressedCodingRate(eps=0.3)
+    assert str(term) == "R^c_var(Z; U, Π, ε=0.3)"
+    assert term.latex().startswith(r"R^c_{\mathrm{var}}(\mathbf{Z}")
+    obj = 2 * term + 0.1 * L1()
+    assert parse(obj.spec()) == obj and parse("RcVar(eps=(0.3, 0.5))").terms[0][1].eps == (0.3, 0.5)
+    assert term.requires == ("U", "Pi")
+    Z, U, Pi = tokens(0, 2, 5, 6), tokens(1, 3, 6, 2), membership(2, 2, 5, 3)
+    assert torch.equal(term(Z, U=U, Pi=Pi), variational_compressed_coding_rate(Z, U, Pi, 0.3))
+    with pytest.raises(TypeError, match="Pi"):
+        term(Z, U=U)
+
+
+def test_the_term_is_E12_summed_over_heads_and_an_empty_head_counts_zero():
+    Z, U = tokens(0, 7, 5), tokens(1, 3, 5, 2)
+    Pi = membership(2, 7, 3, kind="hard")
+    Pi[:, 2] = 0  # head 2 is empty
+    Pi[:, 0] = 1 - Pi[:, 1]
+    per_head = variational_compressed_coding_rate(Z, U, Pi, 0.5, per_subspace=True)
+    for k in range(3):
+        A, pi = Z @ U[k], Pi[:, k]
+        n = pi.sum()
+        expected = 0.0 if n == 0 else n / 14 * torch.log1p(2 / 0.25 * (pi @ A**2) / n).sum()
+        assert float(per_head[k]) == pytest.approx(float(expected), rel=1e-12, abs=1e-300)
+    assert float(per_head[2]) == 0.0
+
+
+def test_per_subspace_eps_is_the_sum_of_single_head_terms():
+    Z, U, Pi = tokens(0, 2, 6, 5), tokens(1, 2, 5, 2), membership(2, 2, 6, 2)
+    total = variational_compressed_coding_rate(Z, U, Pi, (0.3, 0.7))
+    parts = sum(variational_compressed_coding_rate(Z, U[k:k + 1], Pi[..., k:k + 1], e)
+                for k, e in enumerate((0.3, 0.7)))
+    assert torch.allclose(total, parts, rtol=1e-13)
+
+
+@pytest.mark.parametrize("Pi, match", [(torch.ones(5, 2), r"\(\.\.\., N=5, K=3\)"),
+                                       (-torch.ones(5, 3), r"in \[0, 1\]"),
+                                       (torch.ones(5, 3, dtype=torch.long), "floating")])
+def test_bad_memberships_are_named(Pi, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        variational_compressed_coding_rate(torch.randn(5, 4), torch.randn(3, 4, 2), Pi, 0.5)
+
+
+# ---- Hadamard: R^c ≤ R^c_var(Π ≡ 1), equal on diagonal head Grams --------------------------------
+@given(shape=shapes, scale=st.floats(0.01, 10.0), eps=st.floats(0.1, 2.0), seed=st.integers(0, 2**16))
+def test_hadamard_the_variational_term_bounds_the_compressed_rate(shape, scale, eps, seed):
+    B, N, K, p, extra = shape
+    d = K * p + extra
+    Z, U = tokens(seed, B, N, d, scale=scale), tokens(seed + 1, K, d, p)
+    ones = torch.ones(N, K, dtype=f64)
+    Rc, Rc_var = compressed_coding_rate(Z, U, eps), variational_compressed_coding_rate(Z, U, ones, eps)
+    assert (Rc <= Rc_var * (1 + 1e-12) + 1e-12).all()
+
+
+@given(K=st.integers(1, 4), p=st.integers(1, 4), extra_tokens=st.integers(0, 6), eps=st.floats(0.1, 2.0),
+       seed=st.integers(0, 2**16))
+def test_hadamard_is_an_equality_when_every_head_gram_is_diagonal(K, p, extra_tokens, eps, seed):
+    """Z = P diag(σ) Qᵀ with orthonormal P, Q and U_k = blocks of Q: every A_kᵀA_k = diag(σ_k²)."""
+    d, N = K * p, K * p + extra_tokens
+    Q = torch.linalg.qr(tokens(seed, d, d))[0]
+    P = torch.linalg.qr(tokens(seed + 1, N, d))[0]  # (N, d), orthonormal columns
+    sigma = tokens(seed + 2, d).abs() * 3
+    Z, U = P * sigma @ Q.mT, Q.unflatten(1, (K, p)).transpose(0, 1)  # (N, d), (K, d, p)
+    A = torch.einsum("nd,kdp->knp", Z, U)
+    gram = A.mT @ A
+    assert torch.allclose(gram, torch.diag_embed(torch.diagonal(gram, dim1=-2, dim2=-1)), atol=1e-10)
+    ones = torch.ones(N, K, dtype=f64)
+    Rc, Rc_var = compressed_coding_rate(Z, U, eps), variational_compressed_coding_rate(Z, U, ones, eps)
+    assert float(Rc_var) == pytest.approx(float(Rc), rel=1e-10)
+
+
+def test_hadamard_is_strict_for_a_correlated_head():
+    Z = tokens(0, 12, 2) @ torch.tensor([[1.0, 1.0], [0.0, 0.2]], dtype=f64)  # correlated coordinates
+    U, ones = torch.eye(2, dtype=f64)[None], torch.ones(12, 1, dtype=f64)
+    assert float(compressed_coding_rate(Z, U, 0.5)) < float(variational_compressed_coding_rate(Z, U, ones, 0.5)) - 0.1
+
+
+# ---- the derived step (E13) ----------------------------------------------------------------------
+@given(shape=shapes, kind=kinds, scale=st.floats(0.05, 5.0), eps=st.floats(0.2, 2.0), kappa=st.floats(0.01, 2.0),
+       seed=st.integers(0, 2**16))
+def test_derived_gradient_is_the_closed_form_E13(shape, kind, scale, eps, kappa, seed):
+    """Autodiff of R^c_var with Π held fixed = E13 entry by entry = the library's closed form (float64)."""
+    B, N, K, p, extra = shape
+    d = K * p + extra
+    Z, U, Pi = tokens(seed, B, N, d, scale=scale), tokens(seed + 1, K, d, p), membership(seed + 2, B, N, K, kind=kind)
+    step = derive_step(VariationalCompressedCodingRate(eps=eps), step_size=kappa)
+    grad = step.gradient(Z, U=U, Pi=Pi)
+    assert rel(grad, e13(Z, U, Pi, eps)) < 1e-12
+    assert rel(grad, variational_compressed_coding_rate_grad(Z, U, Pi, eps)) < 1e-12
+    assert rel(step(Z, U=U, Pi=Pi), Z - kappa * e13(Z, U, Pi, eps)) < 1e-12
+
+
+def test_derived_step_holds_pi_fixed_and_makes_no_token_by_token_matrix():
+    """Π enters as a constant (changing Z does not move it) and the graph has no (N, N) tensor."""
+    Z, U, Pi = tokens(0, 40, 6), tokens(1, 3, 6, 2), membership(2, 40, 3)
+    step = derive_step(VariationalCompressedCodingRate(eps=0.5), step_size=0.1)
+    shapes_seen = []
+
+    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            shapes_seen.extend(tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])
+                               if isinstance(o, torch.Tensor))
+            return out
+
+    with Spy():
+        step(Z, U=U, Pi=Pi)
+    assert shapes_seen and all(s.count(40) <= 1 for s in shapes_seen)
+
+
+@given(shape=shapes, kind=kinds, scale=st.floats(0.01, 10.0), eps=st.floats(0.2, 2.0), fraction=st.floats(0.05, 1.0),
+       seed=st.integers(0, 2**16))
+def test_step_below_the_bound_never_increases_the_variational_rate(shape, kind, scale, eps, fraction, seed):
+    """κ ≤ 1/L (L of E7, which bounds R^c_var's Hessian for any fixed Π in [0, 1]) ⇒ R^c_var does not increase."""
+    B, N, K, p, extra = shape
+    d = K * p + extra
+    Z, U, Pi = tokens(seed, B, N, d, scale=scale), tokens(seed + 1, K, d, p), membership(seed + 2, B, N, K, kind=kind)
+    term = VariationalCompressedCodingRate(eps=eps)
+    step = derive_step(term, step_size=BoundFraction(fraction))
+    before, after = term(Z, U=U, Pi=Pi), term(step(Z, U=U, Pi=Pi), U=U, Pi=Pi)
+    assert (after <= before + 1e-12 * before.abs() + 1e-300).all()
+
+
+def test_the_bound_is_E7s_and_is_attained_near_zero_with_every_token_in_every_head():
+    """At Π ≡ 1 and Z → 0, R^c_var ≈ ½ Σ_k β_k ‖Z U_k‖², the same quadratic as R^c: the bound is tight."""
+    U = tokens(0, 2, 5, 2)
+    Z, Pi = tokens(1, 9, 5), torch.ones(9, 2, dtype=f64)
+    term = VariationalCompressedCodingRate(eps=0.5)
+    L = lipschitz_bound(term, Z, U=U, Pi=Pi)
+    assert L == compression_lipschitz(U, 0.5, 9)
+    M = sum((2 / (9 * 0.25)) * U[k] @ U[k].T for k in range(2))
+    top = torch.linalg.eigh(M)[1][:, -1]
+    Z0 = 1e-5 * tokens(2, 9, 1) @ top[None]
+    hvp = torch.autograd.functional.hvp(lambda z: term(z, U=U, Pi=Pi), Z0, Z0)[1]
+    assert float((hvp * Z0).sum() / (Z0 * Z0).sum()) == pytest.approx(L, rel=1e-6)
+
+
+def test_bad_step_parameters_are_named():
+    step = derive_step(VariationalCompressedCodingRate(eps=0.5), step_size=0.1)
+    with pytest.raises(TypeError, match="missing \\['Pi'\\]"):
+        step(torch.randn(4, 3), U=torch.randn(1, 3, 2))
