@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from einops import rearrange
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from srr.derivation import BoundFraction, compression_lipschitz, derive_step, lipschitz_bound
+from srr.layers import TSSA, check
+from srr.layers.tssa import OUTPUTS
 from srr.objective import L1, VariationalCompressedCodingRate, parse
 from srr.rates import (compressed_coding_rate, variational_compressed_coding_rate,
                        variational_compressed_coding_rate_grad)
@@ -17,7 +22,7 @@ f64 = torch.float64
 
 
 def rel(a, b) -> float:
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 def tokens(seed, *shape, scale=1.0):
@@ -150,7 +155,7 @@ def test_derived_step_holds_pi_fixed_and_makes_no_token_by_token_matrix():
     step = derive_step(VariationalCompressedCodingRate(eps=0.5), step_size=0.1)
     shapes_seen = []
 
-    class Spy(torch.utils._python_dispatch.TorchDispatchMode):
+    class Spy(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             shapes_seen.extend(tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])
@@ -193,3 +198,111 @@ def test_bad_step_parameters_are_named():
     step = derive_step(VariationalCompressedCodingRate(eps=0.5), step_size=0.1)
     with pytest.raises(TypeError, match="missing \\['Pi'\\]"):
         step(torch.randn(4, 3), U=torch.randn(1, 3, 2))
+
+
+# ---- the fast layer --------------------------------------------------------------------------------
+@settings(max_examples=12)  # each example: two checks of outputs and all gradients
+@given(K=st.integers(1, 4), p=st.integers(1, 6), extra=st.integers(0, 3), N=st.integers(1, 24),
+       output=st.sampled_from(OUTPUTS), scale=st.floats(0.1, 3.0), eps=st.floats(0.3, 4.0),
+       kappa=st.floats(0.01, 1.0), seed=st.integers(0, 2**16))
+def test_fast_tssa_equals_the_derived_step(K, p, extra, N, output, scale, eps, kappa, seed):
+    """Fast TSSA = autodiff of R^c_var with Π held fixed (E13): outputs and all gradients, both outputs."""
+    torch.manual_seed(seed)
+    layer = TSSA(K * p + extra, heads=K, head_dim=p, output=output, eps=eps, step_size=kappa)
+    with torch.no_grad():
+        layer.temp.uniform_(0.2, 3.0)
+    report = check(layer, tokens=N, scale=scale, seed=seed)
+    assert report.ok(1e-10), str(report)
+    assert check(layer, tokens=N, scale=scale, seed=seed, dtype=torch.float32).ok(1e-5)
+
+
+def test_tied_tssa_is_minus_kappa_times_the_closed_form_gradient():
+    layer = TSSA(12, heads=3, output="tied", eps=0.8, step_size=0.4).double()
+    x = tokens(0, 2, 10, 12)
+    with torch.no_grad():
+        expected = -0.4 * variational_compressed_coding_rate_grad(x, layer.subspaces, layer.membership(x), 0.8)
+        assert rel(layer(x), expected) < 1e-12
+        assert rel(layer.step(x), x + expected) < 1e-12
+
+
+class ToSTAttention(nn.Module):
+    """ToST's ``AttentionTSSA`` (RobinWu218/ToST, ``tost_vision/tost.py``) as MATH.md §7 states it."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.heads = num_heads
+        self.qkv = nn.Linear(dim, dim, bias=False)
+        self.temp = nn.Parameter(torch.ones(num_heads, 1))
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+
+    def forward(self, x):
+        w = rearrange(self.qkv(x), "b n (h d) -> b h n d", h=self.heads)
+        w_sq = torch.nn.functional.normalize(w, dim=-2) ** 2
+        Pi = torch.softmax(torch.sum(w_sq, dim=-1) * self.temp, dim=1)  # b h n: over heads
+        dots = torch.matmul((Pi / (Pi.sum(dim=-1, keepdim=True) + 1e-8)).unsqueeze(-2), w**2)  # b h 1 d
+        out = -torch.mul(w.mul(Pi.unsqueeze(-1)), 1.0 / (1 + dots))
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def test_untied_tssa_loads_a_tost_state_dict_and_computes_tosts_formulas():
+    torch.manual_seed(0)
+    tost = ToSTAttention(24, 4).double()
+    with torch.no_grad():
+        tost.temp.uniform_(0.5, 2.0)
+    layer = TSSA(24, heads=4).double()
+    assert sorted(layer.state_dict()) == ["qkv.weight", "temp", "to_out.0.bias", "to_out.0.weight"]
+    layer.load_state_dict(tost.state_dict(), strict=True)
+    x = tokens(1, 3, 50, 24, scale=2.0).requires_grad_()
+    ours, theirs = layer(x), tost(x)
+    assert rel(ours, theirs) < 1e-7  # ToST adds 1e-8 to n_k; ours divides exactly
+    g = tokens(2, 3, 50, 24)
+    grads = torch.autograd.grad((ours * g).sum(), [x, *layer.parameters()])
+    grads_tost = torch.autograd.grad((theirs * g).sum(), [x, *tost.parameters()])
+    assert all(rel(a, b) < 1e-7 for a, b in zip(grads, grads_tost))
+
+
+def test_membership_rows_lie_on_the_simplex_and_sharpen_with_the_temperature():
+    layer = TSSA(12, heads=3).double()
+    x = tokens(0, 2, 30, 12)
+    Pi = layer.membership(x)
+    assert Pi.shape == (2, 30, 3) and (Pi > 0).all() and torch.allclose(Pi.sum(-1), torch.ones(2, 30, dtype=f64))
+    with torch.no_grad():
+        layer.temp.fill_(50.0)
+    assert layer.membership(x).max(-1).values.mean() > Pi.max(-1).values.mean()
+
+
+def test_fast_tssa_makes_no_token_by_token_matrix():
+    """O(N) memory: no intermediate of the forward or backward pass has two token dimensions."""
+    N = 97
+    layer = TSSA(12, heads=3)
+    x = torch.randn(2, N, 12, requires_grad=True)
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen.extend(tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])
+                        if isinstance(o, torch.Tensor))
+            return out
+
+    with Spy():
+        layer(x).sum().backward()
+    assert seen and max(s.count(N) for s in seen) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(output="softmax"), "output"), (dict(eps=-1.0), "eps"),
+                                           (dict(eps=(0.5, 0.5, 0.5)), "eps"), (dict(step_size=0.0), "step_size"),
+                                           (dict(dropout=1.0), "dropout"), (dict(heads=0), "heads"),
+                                           (dict(backend="triton"), "backend")])
+def test_tssa_rejects_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TSSA(12, **{"heads": 3, **kwargs})
+
+
+def test_backend_switch_selects_the_derived_reference():
+    torch.manual_seed(0)
+    fast = TSSA(12, heads=3).double()
+    ref = TSSA(12, heads=3, backend="reference").double()
+    ref.load_state_dict(fast.state_dict())
+    x = tokens(0, 2, 9, 12)
+    assert rel(ref(x), fast(x)) < 1e-12

@@ -3,6 +3,7 @@
 - ``MSSA``: compression half-step, softmax attention (E8) with HU24's output variants;
   ``ExactCompression``: the exact gradient step on ``R^c`` (E6). ``forward`` returns the update,
   ``step(x) = x + forward(x)``.
+- ``TSSA``: Token Statistics Self-Attention (ToST), a gradient step on R^c_var (E12–E13), O(N).
 - ``ISTA``: sparsification step (E10) with one token-wise matmul (E10'), Triton epilogue on CUDA.
 - ``OvercompleteISTA``: CRATE-α sparsification (overcomplete D, k steps from 0, decoder D₁).
 - ``check``: any of them against its ``reference`` (the derived step) in float64 → ``CheckReport``.
@@ -13,5 +14,6 @@ from srr.layers.check import CheckReport, check, relative_error
 from srr.layers.exact import ExactCompression
 from srr.layers.ista import ISTA, OvercompleteISTA
 from srr.layers.mssa import MSSA
+from srr.layers.tssa import TSSA
 
-__all__ = ["MSSA", "ExactCompression", "ISTA", "OvercompleteISTA", "check", "CheckReport", "relative_error"]
+__all__ = ["MSSA", "ExactCompression", "TSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport", "relative_error"]
