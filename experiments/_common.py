@@ -30,7 +30,8 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None = None,
     """``--quick``, ``--out``, ``--seed`` (and ``extra`` arguments); ``args.out`` is a created ``Path``."""
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (used by the tests)")
-    parser.add_argument("--out", type=Path, default=None, help=f"result folder (default experiments/results/{name}[/quick])")
+    parser.add_argument("--out", type=Path, default=None, help=f"result folder (default "
+                                                               f"experiments/results/{name}[/quick])")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the small matrices here run fastest on one)")

@@ -175,8 +175,8 @@ def _run(args, started) -> dict:
     write_csv(args.out / "sweep.csv", sweep_rows)
 
     table = _base_table(layer_rows, base.depth)
-    (args.out / "table.md").write_text(markdown_table(table, ["update", "rc_layer0", "rc_last", "change", "layers_lowering_rc",
-                                                               "norm_ratio", "verdict"],
+    (args.out / "table.md").write_text(markdown_table(table, ["update", "rc_layer0", "rc_last", "change",
+                                                               "layers_lowering_rc", "norm_ratio", "verdict"],
                                                       {"rc_layer0": ".1f", "rc_last": ".1f", "change": "+.1f",
                                                        "norm_ratio": ".3g"}))
     _plot_layers(layer_rows, base, args.out / "decompression.png")
@@ -205,7 +205,8 @@ def _base_table(layer_rows: list[dict], depth: int) -> list[dict]:
         table.append({"update": name, "rc_layer0": float(np.mean([rows[0]["rc"] for rows in runs])),
                       "rc_last": float(np.mean(finite_last)),
                       "change": float(np.mean(finite_last) - np.mean([rows[0]["rc"] for rows in runs])),
-                      "layers_lowering_rc": f"{min(map(_layers_lowering, runs))}–{max(map(_layers_lowering, runs))} of {depth}",
+                      "layers_lowering_rc": f"{min(map(_layers_lowering, runs))}–{max(map(_layers_lowering, runs))} "
+                                            f"of {depth}",
                       "norm_ratio": float(np.mean([rows[-1]["norm_ratio"] for rows in runs])),
                       "verdict": "/".join(verdicts)})
     return table
@@ -224,8 +225,8 @@ def _plot_layers(layer_rows, base: ToySetting, path):
             if r["update"] == name and not r["diverged"] and r["rc"] > 0:
                 curves.setdefault(r["layer"], []).append(r["rc"])
         layers = sorted(curves)
-        mean = [np.mean(curves[l]) for l in layers]
-        std = [np.std(curves[l]) for l in layers]
+        mean = [np.mean(curves[layer]) for layer in layers]
+        std = [np.std(curves[layer]) for layer in layers]
         line, = ax.plot(layers, mean, marker="o", ms=3, label=LABELS[name])
         ax.fill_between(layers, np.subtract(mean, std), np.add(mean, std), color=line.get_color(), alpha=0.2)
         if layers[-1] < base.depth:

@@ -24,7 +24,8 @@ def check_eps(eps, name: str = "eps") -> float | Tensor:
         eps = torch.tensor([float(e) for e in eps], dtype=torch.float64)
     if isinstance(eps, Tensor):
         if eps.ndim > 1:
-            raise ValueError(f"{name} must be a scalar or a 1-D tensor of per-subspace values, got shape {tuple(eps.shape)}")
+            raise ValueError(f"{name} must be a scalar or a 1-D tensor of per-subspace values, got shape "
+                             f"{tuple(eps.shape)}")
         if not bool(torch.isfinite(eps).all()) or not bool((eps > 0).all()):
             raise ValueError(f"{name} must be finite and > 0, got {eps.tolist()}")
         return eps.item() if eps.ndim == 0 else eps
@@ -38,12 +39,14 @@ def check_tokens(Z, name: str = "Z", *, check_finite: bool = True) -> Tensor:
     if Z.ndim < 2:
         raise ValueError(f"{name} must have shape (..., N, d) with at least 2 dims, got shape {tuple(Z.shape)}")
     if Z.shape[-2] == 0 or Z.shape[-1] == 0:
-        raise ValueError(f"{name} must hold a non-empty token set (N >= 1 tokens of d >= 1 features), got shape {tuple(Z.shape)}")
+        raise ValueError(f"{name} must hold a non-empty token set (N >= 1 tokens of d >= 1 features), got shape "
+                         f"{tuple(Z.shape)}")
     if not Z.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {Z.dtype}")
     if check_finite and not bool(torch.isfinite(Z).all()):
         bad = int((~torch.isfinite(Z)).sum())
-        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf entries (pass check_finite=False to skip this check)")
+        raise ValueError(f"{name} must be finite, got {bad} NaN/Inf entries "
+                         f"(pass check_finite=False to skip this check)")
     return Z
 
 

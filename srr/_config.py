@@ -41,5 +41,6 @@ class ConfigBase:
             raise TypeError(f"config must be a dict of {cls.__name__} fields, got {type(data).__name__}")
         unknown = cls._unknown(data)
         if unknown:
-            raise ValueError(f"config holds unknown field(s) {unknown} of {cls.__name__}; valid fields: {cls.field_names()}")
+            raise ValueError(f"config holds unknown field(s) {unknown} of {cls.__name__}; valid fields: "
+                             f"{cls.field_names()}")
         return cls(**data)

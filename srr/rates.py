@@ -11,9 +11,8 @@ Tokens are rows: ``Z`` has shape ``(..., N, d)``; subspaces ``U`` have shape ``(
 - (E5), (E6) closed-form gradients ``coding_rate_grad``, ``compressed_coding_rate_grad``
 - (E12), (E13) ``variational_compressed_coding_rate`` R^c_var(Z; U, Π) (ToST) and its gradient with Π fixed
 
-The pieces every other module calls (no one re-types them): ``rate_scale`` (α, β), ``subspace_eps``
-(ε as a float or a ``(K,)`` tensor), ``rates_from_gram`` (R, R^c from ``ZᵀZ``, the batch scope) and
-``srr_from_parts`` (μ_SRR from its parts).
+The one home of each formula: ``rate_scale`` (α, β), ``subspace_eps`` (ε: a float or ``(K,)``),
+``rates_from_gram`` (R, R^c from ``ZᵀZ``), ``srr_from_parts`` (μ_SRR), the Lipschitz bounds (E7, E11).
 """
 from __future__ import annotations
 
@@ -45,7 +44,8 @@ def subspace_eps(eps, K: int, ref: Tensor | None = None) -> float | Tensor:
     eps = check_eps(eps)
     if isinstance(eps, Tensor):
         if eps.shape != (K,):
-            raise ValueError(f"eps given per subspace must have shape ({K},) to match U's K={K}, got {tuple(eps.shape)}")
+            raise ValueError(f"eps given per subspace must have shape ({K},) to match U's K={K}, got "
+                             f"{tuple(eps.shape)}")
         if ref is not None:
             eps = eps.to(device=ref.device, dtype=ref.dtype)
     return eps

@@ -95,7 +95,8 @@ def test_derive_step_rejects_objectives_without_a_proximal_operator():
 
 
 # ---- step sizes from the Lipschitz bounds (E7, E11) --------------------------------------------
-@given(K=st.integers(1, 4), p=st.integers(1, 4), N=st.integers(1, 50), eps=st.floats(0.1, 2.0), seed=st.integers(0, 2**16))
+@given(K=st.integers(1, 4), p=st.integers(1, 4), N=st.integers(1, 50), eps=st.floats(0.1, 2.0),
+       seed=st.integers(0, 2**16))
 def test_compression_bound_is_at_most_maths_bound_and_exact_for_orthonormal_blocks(K, p, N, eps, seed):
     d = K * p
     U = tokens(seed, K, d, p)
@@ -122,7 +123,8 @@ def test_auto_step_sizes_are_the_inverse_bounds():
     assert auto_step_size(CompressedCodingRate(eps=0.5), Z, U=U) == pytest.approx(compression_step_size(U, 0.5, 9))
     assert auto_step_size(-CodingRate(eps=0.5), Z) == pytest.approx(coding_rate_step_size(6, 0.5, 9))
     assert auto_step_size(variants.ista(0.1), Z, X=Z, D=D) == pytest.approx(ista_step_size(D))
-    assert lipschitz_bound(LeastSquares() + SquaredL2(lam=0.3), Z, X=Z, D=D) == pytest.approx(1 / ista_step_size(D) + 0.3)
+    bound = lipschitz_bound(LeastSquares() + SquaredL2(lam=0.3), Z, X=Z, D=D)
+    assert bound == pytest.approx(1 / ista_step_size(D) + 0.3)
     step = derive_step(CompressedCodingRate(eps=0.5), step_size="auto")
     assert rel(step(Z, U=U), Z - compression_step_size(U, 0.5, 9) * compressed_coding_rate_grad(Z, U, 0.5)) < 1e-13
 

@@ -39,7 +39,8 @@ from srr.generalization.statistics import (
 scipy_stats = pytest.importorskip("scipy.stats")
 
 paired_ints = st.integers(2, 30).flatmap(
-    lambda n: st.tuples(st.lists(st.integers(0, 4), min_size=n, max_size=n), st.lists(st.integers(0, 4), min_size=n, max_size=n))
+    lambda n: st.tuples(st.lists(st.integers(0, 4), min_size=n, max_size=n),
+                        st.lists(st.integers(0, 4), min_size=n, max_size=n))
 )
 
 
@@ -150,7 +151,8 @@ def test_granulated_psi_skips_groups_where_the_hyperparameter_cannot_vary():
 
 
 def test_granulated_psi_skips_groups_with_undefined_tau_and_reports_nan_psi():
-    table = [dict(row, mu=0.0 if row["A"] == 0 else row["mu"]) for row in grid_table()]  # ties when only C varies at A=0
+    # ties when only C varies at A=0
+    table = [dict(row, mu=0.0 if row["A"] == 0 else row["mu"]) for row in grid_table()]
     result = granulated_psi(table, "mu", hyperparameters=["A", "B", "C"])
     assert result.groups["C"] == 2 and result.skipped["C"] == 2
     flat = [dict(row, mu=1.0) for row in grid_table()]
@@ -169,7 +171,8 @@ def test_psi_depends_only_on_ranks_and_flips_with_the_measure(measure, gap):
         for (lr, w, p), g, m in zip(itertools.product((1e-3, 1e-4, 1e-5), (384, 768), (0.0, 0.1)), gap, measure)
     ]
     base = granulated_psi(table, "mu", hyperparameters=["lr", "width", "dropout"])
-    monotone = granulated_psi([dict(r, mu=math.exp(r["mu"])) for r in table], "mu", hyperparameters=["lr", "width", "dropout"])
+    monotone = granulated_psi([dict(r, mu=math.exp(r["mu"])) for r in table], "mu",
+                              hyperparameters=["lr", "width", "dropout"])
     negated = granulated_psi([dict(r, mu=-r["mu"]) for r in table], "mu", hyperparameters=["lr", "width", "dropout"])
     for h in base.psi:
         assert same_float(monotone.psi[h], base.psi[h])
@@ -193,7 +196,8 @@ def test_a_measure_equal_to_the_gap_scores_one_everywhere():
     ("table", "kwargs", "error", "match"),
     [
         ([{"A": 0, "gap": 1.0}], {"hyperparameters": ["A"]}, ValueError, "'mu' is missing from table row 0"),
-        ([{"A": 0, "B": 0, "gap": 1, "mu": 1}, {"A": 1, "B": 0, "gap": 2, "mu": 2}], {"hyperparameters": ["A", "B"]}, ValueError, "'B' must take at least 2 values"),
+        ([{"A": 0, "B": 0, "gap": 1, "mu": 1}, {"A": 1, "B": 0, "gap": 2, "mu": 2}], {"hyperparameters": ["A", "B"]},
+         ValueError, "'B' must take at least 2 values"),
         ([{"A": 0, "gap": 1, "mu": float("nan")}], {"hyperparameters": ["A"]}, ValueError, "NaN in table row 0"),
         ([{"A": 0, "gap": 1, "mu": 1}], {"hyperparameters": "A"}, TypeError, "hyperparameters"),
         ([{"A": 0, "gap": 1, "mu": 1}], {"hyperparameters": []}, ValueError, "hyperparameters"),
@@ -254,7 +258,8 @@ def test_conv_kernels_are_reshaped_and_vectors_skipped():
     assert names == ["0.weight", "4.weight"]
     kernel = model[0].weight.detach().double().reshape(3, -1).numpy()
     dense = model[4].weight.detach().double().numpy()
-    assert spectral_product(model) == pytest.approx(2 * math.log(np.linalg.norm(kernel, 2)) + 2 * math.log(np.linalg.norm(dense, 2)))
+    expected = 2 * math.log(np.linalg.norm(kernel, 2)) + 2 * math.log(np.linalg.norm(dense, 2))
+    assert spectral_product(model) == pytest.approx(expected)
     assert frobenius_product(model) == pytest.approx(math.log((kernel**2).sum() * (dense**2).sum()))
 
 
@@ -314,7 +319,8 @@ def test_inverse_margin_uses_the_tenth_percentile_of_margins():
     logits[torch.arange(10), targets] = margins  # other logits are 0, so the margin is the true logit
     expected = 1 / np.percentile(margins.numpy(), 10) ** 2  # γ = 1.9
     assert inverse_margin(nn.Identity(), (logits, targets)) == pytest.approx(expected)
-    assert inverse_margin(nn.Identity(), [(logits[:4], targets[:4]), (logits[4:], targets[4:])]) == pytest.approx(expected)
+    batches = [(logits[:4], targets[:4]), (logits[4:], targets[4:])]
+    assert inverse_margin(nn.Identity(), batches) == pytest.approx(expected)
     assert inverse_margin(nn.Identity(), (logits, targets), percentile=50) == pytest.approx(1 / 5.5**2)
 
 
@@ -365,7 +371,8 @@ def test_sharpness_is_larger_for_the_sharper_of_two_equivalent_nets():
     sharp, _ = toy_regression(5.0)
     assert torch.allclose(sharp.eval()(data[0]), data[1], atol=1e-5)
     iso = dict(noise="isotropic", threshold=0.05, **FAST)
-    assert sharpness(sharp, nn.functional.mse_loss, data, **iso) > 2 * sharpness(flat, nn.functional.mse_loss, data, **iso)
+    mse = nn.functional.mse_loss
+    assert sharpness(sharp, mse, data, **iso) > 2 * sharpness(flat, mse, data, **iso)
 
 
 def test_magnitude_noise_is_invariant_to_relu_rescaling():

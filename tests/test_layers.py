@@ -27,7 +27,8 @@ def test_exact_mssa_equals_the_derived_step(K, p, extra, N, scale, eps, kappa, s
     torch.manual_seed(seed)
     layer = ExactCompression(K * p + extra, heads=K, head_dim=p, step_size=kappa, eps=eps)
     assert check(layer, tokens=N, scale=scale, seed=seed).ok(1e-10)
-    assert check(layer, tokens=N, scale=scale, seed=seed, dtype=torch.float32).ok(1e-5)
+    # float32: ~100 ulp; at N=1, scale 3, κ=1 the weight gradient reaches 1.2e-5 (so did MSSA(mode="exact"))
+    assert check(layer, tokens=N, scale=scale, seed=seed, dtype=torch.float32).ok(3e-5)
 
 
 def test_exact_mssa_with_auto_step_size_uses_the_bound():
@@ -135,7 +136,8 @@ def test_exact_mssa_under_autocast_keeps_the_solve_in_float32():
 def test_exact_mssa_backward_is_first_order_only():
     x = torch.randn(1, 5, 4, dtype=f64, requires_grad=True)
     W = torch.randn(4, 4, dtype=f64, requires_grad=True)
-    (g,) = torch.autograd.grad(exact_compression_update(x, W, heads=2, eps=0.5, step_size=0.1).sum(), x, create_graph=True)
+    update = exact_compression_update(x, W, heads=2, eps=0.5, step_size=0.1)
+    (g,) = torch.autograd.grad(update.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         g.sum().backward()
 

@@ -51,7 +51,8 @@ def test_crate_measurement_equals_plain_computation_from_intermediates(crate, di
     with torch.no_grad():
         _, layers = crate.forward_intermediates(x)
     for row in result:
-        Z = {"mssa_in": layers[row.layer].input, "half": layers[row.layer].half, "out": layers[row.layer].output}[row.site]
+        tokens = layers[row.layer]
+        Z = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}[row.site]
         U = crate.blocks()[row.layer].subspaces.detach()
         assert row.module == f"transformer.layers.{row.layer}"
         assert _rel(row.R, coding_rate(Z, 0.5).mean().item()) < 1e-10
@@ -61,7 +62,8 @@ def test_crate_measurement_equals_plain_computation_from_intermediates(crate, di
         assert _rel(row.l1, Z.abs().sum((-2, -1)).mean().item()) < 1e-10
         assert row.dR == pytest.approx(row.R - row.Rc, rel=1e-12)
     outs = [layers[ell].output for ell in range(crate.config.depth)]
-    expected = sum(sparse_rate_reduction(Z, b.subspaces.detach(), 0.5, 0.1).mean() for Z, b in zip(outs, crate.blocks()))
+    expected = sum(sparse_rate_reduction(Z, b.subspaces.detach(), 0.5, 0.1).mean()
+                   for Z, b in zip(outs, crate.blocks()))
     assert _rel(result.srr, expected.item() / len(outs)) < 1e-10
 
 
@@ -128,7 +130,8 @@ def test_model_policy_needs_attention():
     with pytest.raises(ValueError, match="no attention heads"):
         measure(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32), progress=False)
     with pytest.raises(ValueError, match="FromData"):
-        measure(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32), subspaces="data", progress=False)
+        resnet = torchvision.models.resnet18(num_classes=10)
+        measure(resnet, torch.randn(2, 3, 32, 32), subspaces="data", progress=False)
 
 
 def test_to_tokens_layouts():
@@ -143,7 +146,8 @@ def test_to_tokens_layouts():
 
 def test_default_sites_and_capture_hooks_are_removed(crate):
     assert [s.module for s in default_sites(crate)] == [f"transformer.layers.{i}" for i in range(crate.config.depth)]
-    assert [s.module for s in default_sites(_tiny_vit())] == ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    expected = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert [s.module for s in default_sites(_tiny_vit())] == expected
     with pytest.raises(ValueError, match="no default token sites"):
         default_sites(torch.nn.Linear(2, 2))
     with TokenCapture(crate, default_sites(crate)) as cap:

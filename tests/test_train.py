@@ -24,7 +24,8 @@ TINY = dict(train_subset=96, epochs=2, batch_size=32, measure_samples=16, val_fr
 def test_schedule_warms_up_linearly_then_decays_monotonically_to_the_floor(total, warmup, base, floor_ratio):
     warmup = min(warmup, total)
     floor = base * floor_ratio
-    lrs = [warmup_cosine(s, base_lr=base, min_lr=floor, warmup_steps=warmup, total_steps=total) for s in range(total + 1)]
+    lrs = [warmup_cosine(s, base_lr=base, min_lr=floor, warmup_steps=warmup, total_steps=total)
+           for s in range(total + 1)]
     for s in range(warmup):
         assert lrs[s] == pytest.approx(base * (s + 1) / warmup)
     decay = lrs[warmup:]

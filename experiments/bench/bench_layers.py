@@ -126,8 +126,10 @@ def bench_shape(name: str, *, batch: int, tokens: int, device: torch.device, rep
     out.update(exact_ms=1e3 * t["exact"], derived_ms=1e3 * t["derived"], exact_speedup=t["derived"] / t["exact"])
     if amp:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            t = _interleaved({"exact": _train_step(exact.step, x, exact), "derived": _train_step(derived, x)}, repeats, sync)
-        out.update(exact_amp_ms=1e3 * t["exact"], derived_amp_ms=1e3 * t["derived"], exact_amp_speedup=t["derived"] / t["exact"])
+            steps = {"exact": _train_step(exact.step, x, exact), "derived": _train_step(derived, x)}
+            t = _interleaved(steps, repeats, sync)
+        out.update(exact_amp_ms=1e3 * t["exact"], derived_amp_ms=1e3 * t["derived"],
+                   exact_amp_speedup=t["derived"] / t["exact"])
 
     # 2. the CRATE block: ours vs the public code's, same weights
     public = PublicBlock(d, K, p).to(device)
@@ -179,18 +181,22 @@ def main(argv=None) -> list[dict]:
     for name in args.shapes.split(","):
         r = bench_shape(name, batch=batch, tokens=args.tokens, device=device, repeats=repeats, amp=amp)
         results.append(r)
-        print(r["shape"], f"({device.type}, {torch.get_num_threads()} threads, blocks in {'bf16 autocast' if amp else 'float32'})")
+        print(r["shape"], f"({device.type}, {torch.get_num_threads()} threads, blocks in "
+                          f"{'bf16 autocast' if amp else 'float32'})")
         print(f"  exact MSSA vs derived step, fwd+bwd: {r['exact_ms']:8.1f} ms vs {r['derived_ms']:8.1f} ms "
               f"-> {r['exact_speedup']:.2f}x  (rel. diff {r['exact_rel_err']:.1e})")
         if "exact_amp_speedup" in r:
-            print(f"  ... under bf16 autocast:             {r['exact_amp_ms']:8.1f} ms vs {r['derived_amp_ms']:8.1f} ms "
-                  f"-> {r['exact_amp_speedup']:.2f}x")
-        print(f"  CRATE block, fwd+bwd:                {r['block_train_fast_ms']:8.1f} ms vs {r['block_train_public_ms']:8.1f} ms "
+            print(f"  ... under bf16 autocast:             {r['exact_amp_ms']:8.1f} ms vs "
+                  f"{r['derived_amp_ms']:8.1f} ms -> {r['exact_amp_speedup']:.2f}x")
+        print(f"  CRATE block, fwd+bwd:                {r['block_train_fast_ms']:8.1f} ms vs "
+              f"{r['block_train_public_ms']:8.1f} ms "
               f"-> {r['block_train_speedup']:.2f}x  (rel. diff {r['block_rel_err']:.1e})")
-        print(f"  CRATE block, inference:              {r['block_infer_fast_ms']:8.1f} ms vs {r['block_infer_public_ms']:8.1f} ms "
+        print(f"  CRATE block, inference:              {r['block_infer_fast_ms']:8.1f} ms vs "
+              f"{r['block_infer_public_ms']:8.1f} ms "
               f"-> {r['block_infer_speedup']:.2f}x")
         if "ista_train_triton_ms" in r:
-            print(f"  ISTA Triton vs torch, fwd+bwd:       {r['ista_train_triton_ms']:8.2f} ms vs {r['ista_train_torch_ms']:8.2f} ms; "
+            print(f"  ISTA Triton vs torch, fwd+bwd:       {r['ista_train_triton_ms']:8.2f} ms vs "
+                  f"{r['ista_train_torch_ms']:8.2f} ms; "
                   f"inference {r['ista_infer_triton_ms']:.2f} ms vs {r['ista_infer_torch_ms']:.2f} ms "
                   f"(rel. diff {r['ista_triton_rel_err']:.1e})")
     return results

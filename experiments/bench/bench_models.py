@@ -261,10 +261,12 @@ def main(argv=None) -> list[dict]:
             tt, ti = statistics.median(impl.train_times), statistics.median(impl.infer_times)
             flops = model_flops(cfg, args.batch)
             params = sum(p.numel() for p in impl.model.parameters())
-            print(f"{name:<12} {impl.label:<24} {params / 1e6:>7.2f}M {args.batch / tt:>12.1f} {args.batch / ti:>12.1f} "
+            print(f"{name:<12} {impl.label:<24} {params / 1e6:>7.2f}M {args.batch / tt:>12.1f} "
+                  f"{args.batch / ti:>12.1f} "
                   f"{bt / tt:>8.2f} {bi / ti:>8.2f} {3 * flops / tt / peak:>10.1%} {flops / ti / peak:>10.1%}")
         summary.append(dict(model=name, variant=variant, params=params, batch=args.batch, image_size=image,
-                            patch_size=patch, device=str(device), train_img_s=args.batch / tt, infer_img_s=args.batch / ti,
+                            patch_size=patch, device=str(device), train_img_s=args.batch / tt,
+                            infer_img_s=args.batch / ti,
                             baseline_train_img_s=args.batch / bt, baseline_infer_img_s=args.batch / bi,
                             train_speedup=bt / tt, infer_speedup=bi / ti, mfu_train=3 * flops / tt / peak,
                             mfu_infer=flops / ti / peak, matmul_peak_flops=peak))

@@ -60,7 +60,8 @@ def bench_training(device: torch.device, *, batch: int, steps: int, autocast: to
     for rep in range(steps + 1):  # rep 0 warms every configuration up
         for name, config in configs.items():
             # one regulariser at a time: the others' hooks are closed
-            reg = None if config is None else SRRRegularizer(model, layers=config[0], weight=1e-3, detach_input=config[1])
+            reg = (None if config is None
+                   else SRRRegularizer(model, layers=config[0], weight=1e-3, detach_input=config[1]))
             _sync(device)
             t0 = time.perf_counter()
             step(reg)
@@ -124,15 +125,18 @@ def main(argv=None) -> dict:
         result["training"] = bench_training(device, batch=args.batch, steps=args.steps or (20 if gpu else 2),
                                             autocast=autocast)
         t = result["training"]
-        print(f"training step, batch {args.batch}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t["step_s"].items()))
+        times = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t["step_s"].items())
+        print(f"training step, batch {args.batch}: " + times)
         print("  ratios to no regulariser: " + ", ".join(f"{k} {v:.3f}" for k, v in t["ratio"].items())
               + "  (targets: last <= 1.05, all12 <= 1.25)")
     if args.skip != "measure":
         result["measure"] = bench_measure(device, images=args.images or (10_000 if gpu else 256),
-                                          batch=args.measure_batch or (500 if gpu else 64), reps=3 if gpu else 1, autocast=autocast)
+                                          batch=args.measure_batch or (500 if gpu else 64), reps=3 if gpu else 1,
+                                          autocast=autocast)
         m = result["measure"]
         print(f"measure over {m['images']} images: plain {m['images_per_s']['plain']:.0f} img/s, "
-              f"measure {m['images_per_s']['measure']:.0f} img/s | ratio = {m['throughput_ratio']:.3f} (target >= 0.80)")
+              f"measure {m['images_per_s']['measure']:.0f} img/s | "
+              f"ratio = {m['throughput_ratio']:.3f} (target >= 0.80)")
     print(json.dumps(result))
     return result
 

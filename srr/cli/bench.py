@@ -82,7 +82,8 @@ def _regularizer(result) -> list[Headline]:
         out += [_check("SRR term on the last layer: step time ratio", t["ratio_last"], "<=", 1.05),
                 _check("SRR term on all 12 layers: step time ratio", t["ratio_all12"], "<=", 1.25)]
     if "measure" in result:
-        out.append(_check("measure vs plain inference: throughput ratio", result["measure"]["throughput_ratio"], ">=", 0.8))
+        ratio = result["measure"]["throughput_ratio"]
+        out.append(_check("measure vs plain inference: throughput ratio", ratio, ">=", 0.8))
     return out
 
 
@@ -111,7 +112,8 @@ def bench_folder() -> Path:
         if (folder / "__init__.py").is_file() or any(folder.glob("bench_*.py")):
             return folder
     looked = " and ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"the benchmark suite was not found at {looked}; run srr bench from a clone of the repository")
+    raise FileNotFoundError(f"the benchmark suite was not found at {looked}; run srr bench from a clone of the "
+                            f"repository")
 
 
 def _run(bench: Bench, *, quick: bool, device: str, verbose: bool):
@@ -130,8 +132,11 @@ def _run(bench: Bench, *, quick: bool, device: str, verbose: bool):
 
 
 def bench_command(
-    quick: Annotated[bool, typer.Option("--quick", help="Small shapes and few repeats (a smoke run, ratios are noisy).")] = False,
-    only: Annotated[Optional[str], typer.Option(help="Comma-separated benchmarks to run: rates, layers, models, regularizer, train.")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick",
+        help="Small shapes and few repeats (a smoke run, ratios are noisy).")] = False,
+    only: Annotated[Optional[str], typer.Option(
+        help="Comma-separated benchmarks to run: rates, layers, models, regularizer, train.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", help="Show each benchmark's own output.")] = False,
 ) -> None:

@@ -62,8 +62,11 @@ def _step_size(text: str):
 
 
 def derive_command(
-    objective: Annotated[str, typer.Argument(metavar="OBJECTIVE", help="The objective, e.g. \"Rc(eps=0.5) + 0.1*L1 + NonNeg\". Terms: R, Rc, L1, L0, L2, NonNeg, LeastSquares.")],
-    step_size: Annotated[str, typer.Option(help="κ: 'auto' (1/L from the Lipschitz bounds E7, E11) or a number.")] = "auto",
+    objective: Annotated[str, typer.Argument(metavar="OBJECTIVE", help="The objective, e.g. \"Rc(eps=0.5) + 0.1*L1 + "
+                                                                       "NonNeg\". Terms: R, Rc, L1, L0, L2, NonNeg, "
+                                                                       "LeastSquares.")],
+    step_size: Annotated[str, typer.Option(
+        help="κ: 'auto' (1/L from the Lipschitz bounds E7, E11) or a number.")] = "auto",
     dim: Annotated[int, typer.Option(help="Token width d of the random inputs.")] = 16,
     heads: Annotated[int, typer.Option(help="Subspaces K (for Rc).")] = 4,
     tokens: Annotated[int, typer.Option(help="Tokens N per random token set.")] = 32,

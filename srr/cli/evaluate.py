@@ -12,11 +12,15 @@ from .errors import stdout, user_errors
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses "
+                                                                          "its checkpoints/latest.pt).")],
     split: Annotated[str, typer.Option(help="train, val (held out by srr train) or test.")] = "test",
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset. Default: the one the checkpoint was trained on.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if its files are missing.")] = False,
+    download: Annotated[bool, typer.Option(
+        "--download",
+        help="Download the dataset if its files are missing.")] = False,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,

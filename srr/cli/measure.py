@@ -20,17 +20,22 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def measure_command(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses "
+                                                                          "its checkpoints/latest.pt).")],
     split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
     samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
     eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
     lam: Annotated[float, typer.Option(help="λ of the sparsity term of μ_SRR.")] = 0.1,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset. Default: the one the checkpoint was trained on.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if its files are missing.")] = False,
+    download: Annotated[bool, typer.Option(
+        "--download",
+        help="Download the dataset if its files are missing.")] = False,
     batch_size: Annotated[int, typer.Option(help="Batch size of the forward passes.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for measure.png, .csv and .json. Default: <run>/measure.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder for measure.png, .csv and .json. Default: <run>/measure.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: table, csv or json.")] = "table",
 ) -> None:
     """Per-layer R, R^c, ΔR, sparsity and μ_SRR of a trained model, with PNG plots."""

@@ -31,7 +31,8 @@ def model_rows(pattern: str = "*") -> list[dict]:
 
 
 def models_command(
-    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Shell-style filter on model names, e.g. 'crate_*'.")] = "*",
+    pattern: Annotated[str, typer.Argument(metavar="PATTERN", help="Shell-style filter on model names, e.g. "
+                                                                   "'crate_*'.")] = "*",
     variants: Annotated[bool, typer.Option("--variants/--no-variants", help="Also list the CRATE variants.")] = True,
 ) -> None:
     """The model registry as a table (sizes at each model's default image size and classes)."""

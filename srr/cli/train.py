@@ -49,48 +49,115 @@ def summary_table(result) -> Table:
 
 def train(
     # model
-    model: Annotated[str, typer.Option(help="Model name from the registry (see: srr models).", rich_help_panel="Model")] = "crate_nano",
-    variant: Annotated[Optional[str], typer.Option(help="CRATE variant: crate, crate_c, crate_n, crate_t, crate_fix, crate_identity, crate_exact, crate_alpha, crate_derived. Default: the model's own.", rich_help_panel="Model")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(help="Patch size. Default: the model's own.", rich_help_panel="Model")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout inside attention. Default: the model's own.", rich_help_panel="Model")] = None,
-    model_eps: Annotated[Optional[float], typer.Option(help="The model's own ε (not ε²): the distortion of R^c in the crate_exact and crate_derived layers (CRATEConfig.eps). Not the regulariser's: see --srr-eps. Default: the model's own.", rich_help_panel="Model")] = None,
+    model: Annotated[str, typer.Option(
+        help="Model name from the registry (see: srr models).",
+        rich_help_panel="Model")] = "crate_nano",
+    variant: Annotated[Optional[str], typer.Option(
+        help="CRATE variant: crate, crate_c, crate_n, crate_t, crate_fix, crate_identity, crate_exact, crate_alpha, "
+             "crate_derived. Default: the model's own.",
+        rich_help_panel="Model")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(
+        help="Patch size. Default: the model's own.",
+        rich_help_panel="Model")] = None,
+    dropout: Annotated[Optional[float], typer.Option(
+        help="Dropout inside attention. Default: the model's own.",
+        rich_help_panel="Model")] = None,
+    model_eps: Annotated[Optional[float], typer.Option(
+        help="The model's own ε (not ε²): the distortion of R^c in the crate_exact and crate_derived layers "
+             "(CRATEConfig.eps). Not the regulariser's: see --srr-eps. Default: the model's own.",
+        rich_help_panel="Model")] = None,
     # data
-    dataset: Annotated[str, typer.Option(help="digits (bundled, default), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder.", rich_help_panel="Data")] = "digits",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets. Default: $SRR_DATA_DIR or ./data.", rich_help_panel="Data")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if its files are missing.", rich_help_panel="Data")] = False,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="The dataset's standard training augmentation.", rich_help_panel="Data")] = True,
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size. Default: the dataset's own.", rich_help_panel="Data")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Fraction of the training split held out for validation and best.pt.", rich_help_panel="Data")] = 0.1,
-    train_subset: Annotated[Optional[int], typer.Option(help="Train on this many training images only (smoke runs).", rich_help_panel="Data")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loader worker processes. Default: 0 for in-memory data, else min(4, CPUs).", rich_help_panel="Data")] = None,
+    dataset: Annotated[str, typer.Option(
+        help="digits (bundled, default), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder.",
+        rich_help_panel="Data")] = "digits",
+    data_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder holding file-backed datasets. Default: $SRR_DATA_DIR or ./data.",
+        rich_help_panel="Data")] = None,
+    download: Annotated[bool, typer.Option(
+        "--download",
+        help="Download the dataset if its files are missing.",
+        rich_help_panel="Data")] = False,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment",
+        help="The dataset's standard training augmentation.",
+        rich_help_panel="Data")] = True,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="Resize images to this size. Default: the dataset's own.",
+        rich_help_panel="Data")] = None,
+    val_fraction: Annotated[float, typer.Option(
+        help="Fraction of the training split held out for validation and best.pt.",
+        rich_help_panel="Data")] = 0.1,
+    train_subset: Annotated[Optional[int], typer.Option(
+        help="Train on this many training images only (smoke runs).",
+        rich_help_panel="Data")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Data-loader worker processes. Default: 0 for in-memory data, else min(4, CPUs).",
+        rich_help_panel="Data")] = None,
     # optimisation
     epochs: Annotated[int, typer.Option(help="Number of epochs.", rich_help_panel="Optimisation")] = 30,
     batch_size: Annotated[int, typer.Option(help="Batch size per process.", rich_help_panel="Optimisation")] = 64,
     lr: Annotated[float, typer.Option(help="Peak learning rate.", rich_help_panel="Optimisation")] = 3e-3,
     min_lr: Annotated[float, typer.Option(help="Floor of the cosine schedule.", rich_help_panel="Optimisation")] = 1e-5,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (weight matrices only).", rich_help_panel="Optimisation")] = 0.05,
-    warmup: Annotated[float, typer.Option(help="Epochs of linear learning-rate warm-up before the cosine decay.", rich_help_panel="Optimisation")] = 2.0,
+    weight_decay: Annotated[float, typer.Option(
+        help="Weight decay (weight matrices only).",
+        rich_help_panel="Optimisation")] = 0.05,
+    warmup: Annotated[float, typer.Option(
+        help="Epochs of linear learning-rate warm-up before the cosine decay.",
+        rich_help_panel="Optimisation")] = 2.0,
     optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.", rich_help_panel="Optimisation")] = "adamw",
     momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).", rich_help_panel="Optimisation")] = 0.9,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.", rich_help_panel="Optimisation")] = 0.1,
-    grad_clip: Annotated[float, typer.Option(help="Clip the global gradient norm to this; 0 disables.", rich_help_panel="Optimisation")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(
+        help="Label smoothing of the cross-entropy.",
+        rich_help_panel="Optimisation")] = 0.1,
+    grad_clip: Annotated[float, typer.Option(
+        help="Clip the global gradient norm to this; 0 disables.",
+        rich_help_panel="Optimisation")] = 1.0,
     # SRR
-    srr_weight: Annotated[float, typer.Option(help="η_reg, weight of the SRR regulariser; 0 disables it.", rich_help_panel="SRR regularisation")] = 1e-3,
-    srr_layers: Annotated[str, typer.Option(help="Layers regularised: last, all, or indices like 0,3.", rich_help_panel="SRR regularisation")] = "last",
-    srr_eps: Annotated[float, typer.Option(help="ε (not ε²) of the coding rates in the SRR regulariser and the per-epoch measurement. Not the model's: see --model-eps.", rich_help_panel="SRR regularisation")] = 0.1,
-    srr_lam: Annotated[float, typer.Option(help="λ of the sparsity term of μ_SRR.", rich_help_panel="SRR regularisation")] = 0.1,
-    measure_samples: Annotated[int, typer.Option(help="Training images on which per-layer μ_SRR is measured each epoch; 0 turns it off.", rich_help_panel="SRR regularisation")] = 256,
+    srr_weight: Annotated[float, typer.Option(
+        help="η_reg, weight of the SRR regulariser; 0 disables it.",
+        rich_help_panel="SRR regularisation")] = 1e-3,
+    srr_layers: Annotated[str, typer.Option(
+        help="Layers regularised: last, all, or indices like 0,3.",
+        rich_help_panel="SRR regularisation")] = "last",
+    srr_eps: Annotated[float, typer.Option(
+        help="ε (not ε²) of the coding rates in the SRR regulariser and the per-epoch measurement. Not the model's: "
+             "see --model-eps.",
+        rich_help_panel="SRR regularisation")] = 0.1,
+    srr_lam: Annotated[float, typer.Option(
+        help="λ of the sparsity term of μ_SRR.",
+        rich_help_panel="SRR regularisation")] = 0.1,
+    measure_samples: Annotated[int, typer.Option(
+        help="Training images on which per-layer μ_SRR is measured each epoch; 0 turns it off.",
+        rich_help_panel="SRR regularisation")] = 256,
     # run control
-    out: Annotated[Optional[Path], typer.Option(help="Run folder. Default: runs/<model>-<dataset>-<time>.", rich_help_panel="Run")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run folder. Default: runs/<model>-<dataset>-<time>.",
+        rich_help_panel="Run")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (offset by rank under torchrun).", rich_help_panel="Run")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Run")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bfloat16 autocast.", rich_help_panel="Run")] = False,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel="Run")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, with its saved settings.", rich_help_panel="Run")] = False,
-    checkpoint_every: Annotated[int, typer.Option(help="Also checkpoint every k steps; 0: end of each epoch only.", rich_help_panel="Run")] = 0,
-    deterministic: Annotated[bool, typer.Option("--deterministic/--no-deterministic", help="Deterministic algorithms (exact resume).", rich_help_panel="Run")] = True,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the run (torch.set_num_threads). Default: torch's own.", rich_help_panel="Run")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--quiet", help="Progress bar and per-epoch lines.", rich_help_panel="Run")] = True,
+    compile: Annotated[bool, typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the model.",
+        rich_help_panel="Run")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume",
+        help="Continue the run in --out from its latest checkpoint, with its saved settings.",
+        rich_help_panel="Run")] = False,
+    checkpoint_every: Annotated[int, typer.Option(
+        help="Also checkpoint every k steps; 0: end of each epoch only.",
+        rich_help_panel="Run")] = 0,
+    deterministic: Annotated[bool, typer.Option(
+        "--deterministic/--no-deterministic",
+        help="Deterministic algorithms (exact resume).",
+        rich_help_panel="Run")] = True,
+    threads: Annotated[Optional[int], typer.Option(
+        help="CPU threads for the run (torch.set_num_threads). Default: torch's own.",
+        rich_help_panel="Run")] = None,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--quiet",
+        help="Progress bar and per-epoch lines.",
+        rich_help_panel="Run")] = True,
 ) -> None:
     """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~1 minute on a CPU."""
     from srr.train import TrainConfig
@@ -110,7 +177,8 @@ def train(
         else:
             check_names(model=model, dataset=dataset, variant=variant)
             config = TrainConfig(
-                model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps, dataset=dataset,
+                model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
+                dataset=dataset,
                 data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,
                 image_size=image_size, val_fraction=val_fraction, train_subset=train_subset, num_workers=workers,
                 epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay,

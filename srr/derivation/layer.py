@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from srr._checks import check_choice, check_int
 from srr.derivation.lipschitz import BoundFraction
 from srr.derivation.step import StepSize, derive_step
 from srr.objective import Objective, SeparablePenalty, Term
@@ -53,18 +54,17 @@ class DerivedLayer(nn.Module):
         super().__init__()
         self.step = derive_step(objective, step_size)
         self.objective = self.step.objective
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int (the token width d), got {dim!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if start not in ("input", "zero"):
-            raise ValueError(f"start must be 'input' (Z₀ = x) or 'zero' (Z₀ = 0), got {start!r}")
+        check_int(dim, "dim", minimum=1, what="the token width d")
+        check_int(steps, "steps", minimum=1)
+        check_choice(start, "start", ("input", "zero"))  # Z₀ = x or Z₀ = 0
         self.dim, self.steps, self.start = dim, steps, start
         self.code_dim = dim if code_dim is None else int(code_dim)
         if start == "input" and self.code_dim != dim:
-            raise ValueError(f"start='input' needs code_dim == dim (codes start at the input), got code_dim={code_dim}, dim={dim}")
+            raise ValueError(f"start='input' needs code_dim == dim (codes start at the input), got "
+                             f"code_dim={code_dim}, dim={dim}")
         if start == "zero" and "X" not in self.objective.requires:
-            raise ValueError(f"start='zero' needs an objective with a signal X (e.g. LeastSquares), got {self.objective}")
+            raise ValueError(f"start='zero' needs an objective with a signal X (e.g. LeastSquares), got "
+                             f"{self.objective}")
         frozen = set(frozen)
         for name in self.objective.requires:
             if name == "X":
@@ -78,7 +78,8 @@ class DerivedLayer(nn.Module):
             else:
                 self.register_parameter(name, nn.Parameter(value))
         if init:
-            raise TypeError(f"unexpected initial value(s) {sorted(init)}: the objective {self.objective} takes {list(self.objective.requires)}")
+            raise TypeError(f"unexpected initial value(s) {sorted(init)}: the objective {self.objective} takes "
+                            f"{list(self.objective.requires)}")
         self.learn_step_size = bool(learn_step_size)
         if self.learn_step_size:
             if not isinstance(self.step.step_size, float):
@@ -91,14 +92,16 @@ class DerivedLayer(nn.Module):
     def _initial(self, name: str, heads, head_dim) -> Tensor:
         if name == "U":
             if heads is None:
-                raise ValueError(f"objective {self.objective} has subspaces U: pass heads=K (and head_dim=p, default dim // heads)")
+                raise ValueError(f"objective {self.objective} has subspaces U: pass heads=K (and head_dim=p, default "
+                                 f"dim // heads)")
             p = self.dim // heads if head_dim is None else head_dim
             if p < 1:
                 raise ValueError(f"head_dim must be >= 1, got {p} (dim={self.dim}, heads={heads})")
             return _orthogonal_subspaces(heads, self.dim, p)
         if name == "D":
             return _public_dictionary(self.dim, self.code_dim)
-        raise ValueError(f"no default initialisation for parameter {name!r} of {self.objective}: pass {name}=<tensor> to derive()")
+        raise ValueError(f"no default initialisation for parameter {name!r} of {self.objective}: pass {name}=<tensor> "
+                         f"to derive()")
 
     @property
     def subspaces(self) -> Tensor:

@@ -22,6 +22,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
+from srr._checks import check_positive
 from srr.derivation.lipschitz import BoundFraction
 from srr.objective import Objective, Term
 
@@ -31,21 +32,21 @@ StepSize = Union[float, Tensor, str, BoundFraction, Callable[..., Union[float, T
 def _check_step_size(step_size) -> StepSize:
     if isinstance(step_size, str):
         if step_size != "auto":
-            raise ValueError(f"step_size must be a number > 0, 'auto', or a function (Z, **params) -> number, got {step_size!r}")
+            raise ValueError(f"step_size must be a number > 0, 'auto', or a function (Z, **params) -> number, got "
+                             f"{step_size!r}")
         return BoundFraction(1.0)
     if isinstance(step_size, bool):
         raise TypeError(f"step_size must be a number > 0, 'auto', or a function, got bool {step_size!r}")
     if isinstance(step_size, (int, float)):
-        if not math.isfinite(step_size) or step_size <= 0:
-            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-        return float(step_size)
+        return check_positive(step_size, "step_size")
     if isinstance(step_size, Tensor):
         if step_size.numel() != 1:
             raise ValueError(f"step_size given as a tensor must hold one value, got shape {tuple(step_size.shape)}")
         return step_size
     if callable(step_size):
         return step_size
-    raise TypeError(f"step_size must be a number > 0, 'auto', or a function (Z, **params) -> number, got {type(step_size).__name__}")
+    raise TypeError(f"step_size must be a number > 0, 'auto', or a function (Z, **params) -> number, got "
+                    f"{type(step_size).__name__}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,7 +95,8 @@ class Step:
         self._check_params(params)
         kappa = self.resolve_step_size(Z, params) if step_size is None else step_size
         if isinstance(kappa, float) and not math.isfinite(kappa):
-            raise ValueError(f"step_size resolved to {kappa} for {self.objective}: 'auto' needs a smooth part with a bound")
+            raise ValueError(f"step_size resolved to {kappa} for {self.objective}: "
+                             f"'auto' needs a smooth part with a bound")
         V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
         if not self.nonsmooth.terms:
             return V

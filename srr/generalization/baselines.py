@@ -1,32 +1,6 @@
 """Baseline complexity measures that HU24 §5 ranks SRR against (MATH.md §5).
 
-Definitions follow Jiang et al. (2019), *Fantastic Generalization Measures and Where to Find
-Them* (arXiv:1912.02178, appendix "Complexity measures"; their names in quotes), for any
-``torch.nn.Module``. Every function returns a Python float; a larger value means a more complex
-model, so a measure predicts generalization when ``kendall_tau(measure, gap) > 0``.
-
-| function            | Jiang et al.         | value                                               |
-| ------------------- | -------------------- | --------------------------------------------------- |
-| `frobenius_product` | "prod-of-fro"        | log Π_i ‖W_i‖_F²                                    |
-| `frobenius_sum`     | "sum-of-fro"         | log(d · (Π_i ‖W_i‖_F²)^{1/d})                        |
-| `spectral_product`  | "prod-of-spec"       | log Π_i ‖W_i‖_2²                                    |
-| `spectral_sum`      | "sum-of-spec"        | log(d · (Π_i ‖W_i‖_2²)^{1/d})                        |
-| `path_norm`         | "path-norm"          | Σ_outputs f_{w∘w}(1)                                |
-| `inverse_margin`    | "inverse-margin"     | 1/γ², γ = 10th percentile of the output margin      |
-| `sharpness`         | "pacbayes.flatness", "pacbayes.mag.flatness" | 1/σ², σ the largest tolerated noise |
-
-Weight matrices (the rule every norm measure uses): each parameter with ``ndim >= 2``, reshaped
-to ``(shape[0], -1)`` — a Linear weight as is, a Conv kernel ``(out, in, kh, kw)`` as
-``(out, in·kh·kw)``. Parameters with ``ndim < 2`` (biases, LayerNorm/BatchNorm affine vectors)
-are skipped. d is the number of weight matrices. Pass ``select`` to override the rule.
-
-Jiang et al. further rescale each measure by the training-set size m (e.g. ``√(μ/m)``); for a
-fixed m that is monotone, so it cannot change any rank statistic, and is left out here.
-
-No measure changes the model: perturbed or squared weights enter through
-``torch.func.functional_call``, the model is evaluated in eval mode, and every submodule's
-train/eval flag is restored afterwards. Fold BatchNorm into the preceding layer first if its
-running statistics should not count (Jiang et al. do).
+Details (equations, costs, conventions): ``docs/guide-generalization.md``, section ``srr/generalization/baselines.py``.
 """
 from __future__ import annotations
 
@@ -40,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from srr._checks import check_nonnegative, check_positive
+from srr._checks import check_choice, check_int, check_nonnegative, check_positive
 
 __all__ = [
     "classification_error",
@@ -135,7 +109,8 @@ def _log_squared_norms(model: nn.Module, ord: Literal["fro", 2], select: Select 
     """``log ‖W_i‖²`` for every weight matrix, in float64, shape ``(d,)``."""
     matrices = weight_matrices(model, select=select)
     if not matrices:
-        raise ValueError(f"model must have at least one weight matrix (a parameter with ndim >= 2 or one chosen by select), got none in {type(model).__name__}")
+        raise ValueError(f"model must have at least one weight matrix (a parameter with ndim >= 2 or one chosen by "
+                         f"select), got none in {type(model).__name__}")
     norms = torch.stack([torch.linalg.matrix_norm(W.to(torch.float64), ord=ord).cpu() for _, W in matrices])
     return 2 * norms.log()
 
@@ -218,7 +193,8 @@ def output_margins(logits: Tensor, targets: Tensor) -> Tensor:
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (B, C) with C >= 2 classes, got shape {tuple(logits.shape)}")
     if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets must have shape ({logits.shape[0]},) to match logits, got shape {tuple(targets.shape)}")
+        raise ValueError(f"targets must have shape ({logits.shape[0]},) to match logits, got shape "
+                         f"{tuple(targets.shape)}")
     rows = torch.arange(logits.shape[0], device=logits.device)
     true_logit = logits[rows, targets]
     others = logits.masked_fill(nn.functional.one_hot(targets, logits.shape[1]).bool(), -math.inf)
@@ -313,11 +289,9 @@ def perturbation_sigma(
     _check_module(model)
     check_positive(threshold, "threshold")
     check_nonnegative(magnitude_eps, "magnitude_eps")
-    if noise not in ("magnitude", "isotropic"):
-        raise ValueError(f"noise must be 'magnitude' or 'isotropic', got {noise!r}")
+    check_choice(noise, "noise", ("magnitude", "isotropic"))
     for value, name in ((num_samples, "num_samples"), (search_steps, "search_steps")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(value, name, minimum=1)
     if not (isinstance(sigma_range, (tuple, list)) and len(sigma_range) == 2):
         raise ValueError(f"sigma_range must be a (low, high) pair, got {sigma_range!r}")
     sigma_min, sigma_max = sigma_range

@@ -1,22 +1,11 @@
 """Rank statistics for judging a complexity measure against the generalization gap (HU24 §5).
 
-HU24 §5 (MATH.md §5) scores a complexity measure μ the way Jiang et al. (2019), *Fantastic
-Generalization Measures and Where to Find Them* (arXiv:1912.02178, sections "Kendall's
-rank-correlation coefficient" and "Granulated Kendall's coefficient"), do: train a grid of
-models over hyperparameters θ = (θ_1, ..., θ_n), record for each model its measure μ(θ) and its
-generalization gap g(θ) (validation loss − training loss), then compare the two rankings.
+- ``kendall_tau``      τ(μ, g): Kendall's rank correlation over all pairs of models.
+- ``granulated_psi``   Ψ = (1/n) Σ_i ψ_i, ψ_i = mean τ over groups in which only θ_i varies.
+- ``compare_measures`` one ``GranulatedKendall`` per measure (``comparison_rows``, ``to_rich_table``, ``to_csv``).
 
-- ``kendall_tau``     τ(μ, g): Kendall's rank correlation over all pairs of models.
-- ``granulated_psi``  ψ_i = mean over groups in which only θ_i varies of τ within the group;
-                      Ψ = (1/n) Σ_i ψ_i.
-- ``compare_measures`` one ``GranulatedKendall`` per measure, with ``comparison_rows``,
-  ``to_rich_table`` and ``to_csv`` to print or save them.
-
-Sign convention: a measure *predicts generalization* when τ(μ, g) > 0, i.e. models the measure
-calls more complex have the larger gap. τ = 1: same ranking; τ = −1: reversed; τ ≈ 0: unrelated.
-
-A table is a plain sequence of mappings, one per trained model, e.g.
-``{"lr": 1e-3, "width": 384, "gap": 0.61, "srr": 12.3, "path_norm": 4e5}``; no pandas needed.
+A measure predicts generalization when τ(μ, g) > 0. Sources, sign convention and the table format:
+``docs/guide-generalization.md``, section ``srr/generalization/statistics.py``.
 """
 from __future__ import annotations
 
@@ -56,7 +45,8 @@ def _as_vector(values, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one value per model), got shape {array.shape}")
     if np.isnan(array).any():
-        raise ValueError(f"{name} must not contain NaN (its rank is undefined), got NaN at positions {np.flatnonzero(np.isnan(array)).tolist()}")
+        raise ValueError(f"{name} must not contain NaN (its rank is undefined), got NaN at positions "
+                         f"{np.flatnonzero(np.isnan(array)).tolist()}")
     return array
 
 
@@ -149,14 +139,16 @@ class GranulatedKendall:
 
     def row(self) -> dict[str, str | float]:
         """``{"measure", "tau", "psi[<i>]" for each i, "Psi"}`` — one printable row."""
-        return {"measure": self.measure, "tau": self.tau, **{f"psi[{k}]": v for k, v in self.psi.items()}, "Psi": self.Psi}
+        psi = {f"psi[{k}]": v for k, v in self.psi.items()}
+        return {"measure": self.measure, "tau": self.tau, **psi, "Psi": self.Psi}
 
 
 def _column(table: Sequence[Mapping], key: str, name: str, *, numeric: bool) -> list:
     values = []
     for index, row in enumerate(table):
         if not isinstance(row, Mapping):
-            raise TypeError(f"table must be a sequence of mappings (one per model), row {index} is {type(row).__name__}")
+            raise TypeError(f"table must be a sequence of mappings (one per model), row {index} is "
+                            f"{type(row).__name__}")
         if key not in row:
             raise ValueError(f"{name} {key!r} is missing from table row {index} (keys: {sorted(map(str, row))})")
         value = row[key]

@@ -91,7 +91,8 @@ def check(layer: nn.Module, reference: Callable[[nn.Module, Tensor], Tensor] | N
     out_ref, ref_grads = _run(ref, reference, x64)
     out, fast_grads = _run(fast, lambda m, inp: m(inp), x64.to(dtype))
     if out.shape != out_ref.shape:
-        raise ValueError(f"the layer's output {tuple(out.shape)} and its reference's {tuple(out_ref.shape)} differ in shape")
+        raise ValueError(f"the layer's output {tuple(out.shape)} and its reference's "
+                         f"{tuple(out_ref.shape)} differ in shape")
     cotangent = torch.randn(out_ref.shape, generator=gen, dtype=torch.float64).to(device)
     gx_ref, gp_ref = ref_grads(cotangent)
     gx, gp = fast_grads(cotangent)

@@ -1,22 +1,11 @@
 """``ExactCompression``: the exact gradient step on R^c (E6), ours (neither paper's models use it).
 
-``forward(x)`` returns the **update** ``−κ ∇_x R^c(x; U, ε)``; ``step(x) = x + forward(x)``. Its derived
-reference is ``srr.derivation.derive_step(CompressedCodingRate(eps), κ)``. The fused path is an
-autograd Function with a hand-written backward pass:
-
     update(x) = −κ ∇_x R^c(x; U) = −s · C W,   C_k = A_k S_k⁻¹,   A_k = x W_kᵀ,   S_k = I_p + β A_kᵀA_k
 
-with ``W = qkv.weight (K·p, d)`` (``U_k = W_kᵀ``), ``β = p/(Nε²)`` and ``s = κβ``. Tokens see two
-matmuls forward and four backward (the minimum for gradients in ``x`` and ``W``); everything else
-is per head and p×p. The p×p inverses are formed once in the forward pass and reused by the
-backward pass, which autograd through a Cholesky solve cannot do:
-
-    H = −s · g Wᵀ,   Q_k = C_kᵀ H_k S_k⁻¹,   ∂A_k = H_k S_k⁻¹ − β A_k (Q_k + Q_kᵀ)
-    ∂x = ∂A W,   ∂W = ∂Aᵀ x − s · Cᵀ g
-
-Token-wise matmuls run in the dtype of ``x`` and ``W`` (bfloat16 under autocast), the per-head
-algebra (Gram, inverse, ∂A) in float32 or wider. The backward pass is not itself differentiable (``once_differentiable``): for second order use the
-derived step (``MSSA.reference``), which autograd differentiates twice.
+with ``W = qkv.weight (K·p, d)``, ``β = p/(Nε²)``, ``s = κβ``; ``step(x) = x + forward(x)``. The fused
+path (:class:`ExactCompressionStep`) has a hand-written, first-order backward; ``backend="reference"``
+is the derived step. The backward's formulas and precision: ``docs/guide-layers.md``, section
+``srr/layers/exact.py``.
 """
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
 """ISTA: the sparsification step of CRATE, hand-optimised (MATH.md §4.2, E10, E10'; YU23 eq. 13).
 
-``ISTA``: one proximal-gradient step on ``½‖x − Da‖² + λ‖a‖₁ + ι(a ≥ 0)`` from ``a₀ = x``, square
-dictionary ``D`` (public key ``fn.weight``), no residual (E10):
-
     ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x + x M − ηλ),   M = η (D − DᵀD)      (E10')
 
-The public code spends three token-wise matmuls (``x Dᵀ``, ``(x Dᵀ) D``, ``x D``); here ``M`` is
-formed once per call (d³, independent of the number of tokens) and the tokens see **one** matmul,
-with the identity part and the threshold fused into its epilogue (``addmm``; on CUDA the Triton
-kernel of ``srr.layers.triton_ista``). ``nonnegative=False`` drops ``ι(a ≥ 0)``: soft thresholding.
-
-``OvercompleteISTA`` (CRATE-α): an overcomplete ``D (d, m)``, ``steps`` ISTA steps from ``a = 0``
-and a separate decoder ``D₁ (d, m)``: returns ``A D₁ᵀ`` (the CRATE-α block adds it to its input;
-``residual=True`` adds ``x`` here instead).
+``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA); ``OvercompleteISTA`` is CRATE-α's
+(overcomplete D, k steps from 0, decoder D₁). Details: ``docs/guide-layers.md``, section
+``srr/layers/ista.py``.
 """
 from __future__ import annotations
 
@@ -99,8 +91,9 @@ class ISTA(nn.Module):
             return False
         if self.backend == "triton":
             if not triton_ista.available(x):
-                raise RuntimeError(f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on the CPU), "
-                                   f"got a {x.device.type} tensor of {x.dtype}; triton installed: {triton_ista.triton is not None}")
+                raise RuntimeError(f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on the "
+                                   f"CPU), got a {x.device.type} tensor of {x.dtype}; triton installed: "
+                                   f"{triton_ista.triton is not None}")
             return True
         return x.is_cuda and triton_ista.available(x)
 

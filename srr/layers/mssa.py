@@ -1,23 +1,9 @@
 """MSSA: the compression half-step of CRATE, softmax attention (MATH.md §4.1; YU23 eqs. 8–9; HU24).
 
-``forward(x)`` returns the **update** the block adds to the residual stream; ``step(x) = x + forward(x)``.
-The exact gradient step on R^c (E6) is its own class, :class:`srr.layers.ExactCompression`.
-
-(E8, the public code) ``o = concat_k softmax(τ A_k A_kᵀ) A_k`` with ``A_k = x U_k`` from one
-bias-free ``qkv`` Linear used as query, key and value, computed by
-``F.scaled_dot_product_attention`` (``backend="fused"``; ``"reference"``: the explicit N×N softmax),
-then one of HU24's outputs (``W = qkv.weight``, shape ``(K·p, d)``, so ``U = Wᵀ``):
-
-| ``output`` | update | parameters |
-| --- | --- | --- |
-| ``"crate"`` | ``to_out(o) = o W_outᵀ + b`` (public code) | untied ``Linear(K·p, d)`` |
-| ``"crate_c"`` | ``+ o W`` (the literal derivation, E9) | tied |
-| ``"crate_n"`` | ``− o W`` (sign fixed) | tied |
-| ``"crate_t"`` | ``+ o Wᵀ`` (needs ``K·p = d``) | tied |
-| ``"fixed"`` | ``o F``, ``F`` a fixed random buffer | none |
-| ``"identity"`` | ``o`` (needs ``K·p = d``) | none |
-
-``step_size`` scales the update (the ``c`` of E9; 1 in the public code).
+``forward(x)`` returns the **update** ``o ↦ output(o)``, ``o = concat_k softmax(τ A_k A_kᵀ) A_k`` (E8),
+``A_k = x U_k``; ``step(x) = x + forward(x)``. The exact step (E6) is :class:`srr.layers.ExactCompression`.
+HU24's outputs (``crate``, ``crate_c``, ``crate_n``, ``crate_t``, ``fixed``, ``identity``):
+``docs/guide-layers.md``, section ``srr/layers/mssa.py``.
 """
 from __future__ import annotations
 
@@ -49,7 +35,8 @@ class MSSA(nn.Module):
         self.backend = check_choice(backend, "backend", BACKENDS)
         inner = self.heads * self.head_dim
         if self.output in ("crate_t", "identity") and inner != dim:
-            raise ValueError(f"output={output!r} needs heads·head_dim == dim, got {self.heads}·{self.head_dim} = {inner} != {dim}")
+            raise ValueError(f"output={output!r} needs heads·head_dim == dim, got {self.heads}·{self.head_dim} = "
+                             f"{inner} != {dim}")
         if step_size == "auto":
             raise ValueError("step_size='auto' (1/L from E7) is for ExactCompression only; give the softmax "
                              "update's scale as a number")

@@ -59,7 +59,8 @@ if triton is not None:
             y = tl.maximum(v - t, 0.0)
         else:
             y = tl.where(v > t, v - t, tl.where(v < -t, v + t, 0.0))
-        tl.store(y_ptr + rows[:, None] * stride_yt + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=inside)
+        tl.store(y_ptr + rows[:, None] * stride_yt + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty),
+                 mask=inside)
 
 
 def _launch(x: Tensor, M: Tensor, t: Tensor, nonnegative: bool) -> Tensor:
@@ -117,5 +118,8 @@ def ista_triton(x: Tensor, M: Tensor, threshold: Tensor | float, *, nonnegative:
     if M.dtype != x.dtype:
         raise TypeError(f"x and M must share a dtype, got {x.dtype} and {M.dtype}")
     acc = _accumulator(x.dtype)
-    t = threshold.reshape(1).to(acc) if isinstance(threshold, Tensor) else torch.full((1,), float(threshold), dtype=acc, device=x.device)
+    if isinstance(threshold, Tensor):
+        t = threshold.reshape(1).to(acc)
+    else:
+        t = torch.full((1,), float(threshold), dtype=acc, device=x.device)
     return _ISTAFunction.apply(x.contiguous(), M.contiguous(), t, nonnegative)

@@ -1,19 +1,6 @@
 """Coding rates of a token set spread over ``torch.distributed`` ranks (MATH.md §6, last paragraph).
 
-R (E1) is not linear in the tokens, so the mean of per-rank rates is **not** the rate of the
-global batch. Both rates are functions of the d×d Gram matrix ``G = FᵀF = Σ_ranks F_rᵀF_r``:
-
-- (E1) ``R   = ½ logdet(I_d + α G)``,        ``α = d/(n ε²)``
-- (E2) ``R^c = Σ_k ½ logdet(I_p + β U_kᵀ G U_k)``, ``β = p/(n ε²)``  (``U_kᵀGU_k = A_kᵀA_k``)
-
-so one differentiable all-reduce of ``G`` (and of the global count ``n``) gives the global rates
-on every rank; :func:`srr.rates.rates_from_gram` evaluates them.
-
-Gradient convention (the one DDP assumes of every loss): every rank returns the global value;
-the all-reduce's backward sums the (identical) upstream gradients over ranks, so the gradient
-w.r.t. a rank's local inputs is ``world_size ×`` the single-process gradient w.r.t. those inputs —
-exactly like a per-rank mean cross-entropy. After DDP averages parameter gradients over ranks,
-they equal those of one process on the concatenated batch.
+Details (equations, costs, conventions): ``docs/guide-measurement.md``, section ``srr/measurement/distributed.py``.
 """
 from __future__ import annotations
 

@@ -1,20 +1,6 @@
 """``measure``: per-layer R, R^c, ΔR, sparsity and μ_SRR of a model over a data set (HU24 §5).
 
-For a CRATE model (``srr.models``) every layer ℓ is measured at three sites (``sites``), from one
-``forward_intermediates`` pass: ``mssa_in`` = Z^ℓ (the block input, what the MSSA's LayerNorm
-receives), ``half`` = Z^{ℓ+½} and ``out`` = Z^{ℓ+1}, all with the layer's own subspaces
-``U^ℓ = block.subspaces`` (the qkv weight split into heads).
-
-"LayerNorm removed when evaluating" (MATH.md §5) is taken literally: the tokens measured are
-the raw residual-stream tokens Z, never LN(Z), and U^ℓ is applied to them directly even though
-the model applies it to LN₁(Z^ℓ).
-
-Any other model: the outputs of its layers (``layers``, default: srr/measurement/tokens.py
-``default_sites``) by forward hooks, with subspaces from a policy (srr/measurement/subspaces.py).
-
-Values are per-sample (each image's N tokens are one token set, the papers' form) and averaged
-over all samples; the model-level μ_SRR (HU24) is ``Measurement.srr``, the mean over layers of
-μ_SRR at ``out``. R is computed once per distinct token set (Z^{ℓ+1} is also layer ℓ+1's input).
+Details (equations, costs, conventions): ``docs/guide-measurement.md``, section ``srr/measurement/measure.py``.
 """
 from __future__ import annotations
 
@@ -25,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from srr._checks import check_eps, check_nonnegative
+from srr._checks import check_eps, check_int, check_lam
 from srr.measurement.subspaces import check_policy_subspaces, make_policy
 from srr.measurement.table import SITES, Measurement, MeasurementRow
 from srr.measurement.terms import SRRTerms, sample_terms
@@ -44,7 +30,8 @@ def _batches(data, batch_size: int) -> Iterable:
         return DataLoader(data, batch_size=batch_size, shuffle=False)
     if isinstance(data, Iterable):
         return data
-    raise TypeError(f"data must be a DataLoader, a Dataset, an iterable of batches or a tensor of images, got {type(data).__name__}")
+    raise TypeError(f"data must be a DataLoader, a Dataset, an iterable of batches or a tensor of images, got "
+                    f"{type(data).__name__}")
 
 
 def _images(batch) -> tuple[Tensor, Tensor | None]:
@@ -54,7 +41,8 @@ def _images(batch) -> tuple[Tensor, Tensor | None]:
         return batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
     if isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
         return batch["image"], batch.get("label")
-    raise TypeError(f"each batch must be images (B, C, H, W) or a tuple (images, labels, ...), got {type(batch).__name__}")
+    raise TypeError(f"each batch must be images (B, C, H, W) or a tuple (images, labels, ...), got "
+                    f"{type(batch).__name__}")
 
 
 class _Accumulator:
@@ -122,9 +110,9 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     eps = check_eps(eps)
-    lam = check_nonnegative(lam, "lam")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or an int >= 1 (a number of samples), got {limit!r}")
+    lam = check_lam(lam)
+    if limit is not None:
+        check_int(limit, "limit", minimum=1, what="None or a number of samples")
     if device is None:
         device = next(model.parameters()).device
     crate = is_crate(model) and layers is None and isinstance(subspaces, str) and subspaces == "model"

@@ -2,37 +2,11 @@
 
     loss = CE + η · (1/|S|) Σ_{ℓ∈S} μ_SRR(f_ℓ(detach(Z^ℓ)))          μ_SRR = λ‖Z‖₀ + R^c − R  (E4)
 
-Usage (no change to the model's code)::
-
     reg = SRRRegularizer(model, layers=[-1], weight=1e-3)
-    logits = model(x)                      # the hooks capture the regularised layers' outputs
-    loss = criterion(logits, y) + reg()    # η · mean_ℓ μ_SRR; reg.parts holds R, R^c, ‖Z‖₀ per layer
+    loss = criterion(model(x), y) + reg()  # η · mean_ℓ μ_SRR; reg.parts holds R, R^c, ‖Z‖₀ per layer
 
-**Detached input** (``detach_input=True``, HU24's form): the term of layer ℓ updates only
-layer ℓ's parameters (and learned subspaces), while the task loss still trains every layer. It
-costs no recomputation: a pre-hook runs layer ℓ on a detached copy ``Z_d`` of its input, and
-the layer's output is handed on through ``_Reconnect``, whose backward sends the task gradient
-``g`` on to the real input as ``(∂f/∂Z)ᵀ g`` (one extra input-gradient pass through layer ℓ,
-weights skipped). The regulariser's gradient enters the layer below ``_Reconnect`` and ends at
-the leaf ``Z_d``. ``detach_input=False``: the plain form, gradient through everything.
-
-Cost: the rates of one layer (a projection ``Z U``, small Cholesky factorisations, and their
-backward), plus, for the detached form, that extra input-gradient pass — about one forward of
-the layer. Backpropagation is linear in the output gradient, so any exact implementation of
-the detached form must propagate the task gradient and the regulariser's gradient through the
-layer separately: with every layer of an L-layer model regularised the extra work is ≥ 1/3 of
-a training step (forward 1, backward 2), whatever the implementation.
-
-**Scopes**: ``"sample"`` — each sample's N tokens are one token set (the papers' form),
-μ_SRR averaged over the batch; ``"batch"`` — one feature row per sample (``pool``: the CLS token
-or the mean token), the batch is one token set (MCR²'s form). Under ``torch.distributed`` both
-are computed over the **global** batch (differentiable all-reduce of sums, resp. of the Gram
-matrix; srr/measurement/distributed.py states the gradient convention: values are global on every
-rank; after DDP's gradient averaging, parameter gradients equal those of one process on the
-concatenated batch).
-
-Numerics: every logdet goes through :func:`srr.linalg.logdet_identity_plus` in float32 or
-wider with autocast off (float64 retry where Cholesky fails), so finite tokens give finite values.
+Detached input, its cost, the ``"sample"``/``"batch"`` scopes and the gradient convention under
+``torch.distributed``: ``docs/guide-measurement.md``, section ``srr/measurement/regularizer.py``.
 """
 from __future__ import annotations
 
@@ -43,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from srr._checks import check_eps, check_nonnegative
+from srr._checks import check_eps, check_lam, check_nonnegative
 from srr.measurement.distributed import is_distributed
 from srr.measurement.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
 from srr.measurement.terms import SRRTerms, batch_terms, mean_terms, sample_terms
@@ -105,12 +79,13 @@ class SRRRegularizer(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if scope not in ("sample", "batch"):
-            raise ValueError(f"scope must be 'sample' (each sample's tokens) or 'batch' (one feature per sample), got {scope!r}")
+            raise ValueError(f"scope must be 'sample' (each sample's tokens) or 'batch' (one feature per sample), got "
+                             f"{scope!r}")
         if not (callable(pool) or pool in ("auto", "cls", "mean")):
             raise ValueError(f"pool must be 'auto', 'cls', 'mean' or a callable (B, N, d) -> (B, d), got {pool!r}")
         self.weight = check_nonnegative(weight, "weight")
         self.eps = check_eps(eps)
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_lam(lam)
         self.detach_input = bool(detach_input)
         self.scope = scope
         self.pool = _pool_rule(model) if pool == "auto" else pool
@@ -172,10 +147,12 @@ class SRRRegularizer(nn.Module):
         missing = [label for label in self.labels if label not in self._captured]
         if missing:
             raise RuntimeError(f"no tokens captured for layers {missing} since the last call: run the model's "
-                               f"forward pass (with the hooks attached, i.e. before close()) before calling the regulariser")
+                               f"forward pass (with the hooks attached, i.e. before close()) before calling the "
+                               f"regulariser")
         tokens = [self._features(self._captured.pop(label)) for label in self.labels]
         if self.policy.needs_fit:
-            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(1) for t in tokens], targets)  # a feature row is a sample
+            # a feature row is a sample
+            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(1) for t in tokens], targets)
         self.parts = {}
         total = 0.0
         for i, (label, Z) in enumerate(zip(self.labels, tokens)):

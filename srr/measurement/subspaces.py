@@ -1,31 +1,6 @@
 """Where the subspaces U (K, d, p) of a layer's R^c (E2) come from: subspace policies.
 
-μ_SRR (E4) needs, besides the tokens, K subspaces per layer. A CRATE layer has its own (the
-qkv weight, MATH.md §5); any other model needs a choice, and each choice means something else:
-
-- :class:`FromModel` — **the model's own heads.** CRATE: ``U^ℓ = block.subspaces`` (the qkv
-  weight split into heads, ``U_k = W_kᵀ``). A ViT (torchvision or timm): the query (or key /
-  value) projection of the block's attention split into its heads, as HU24 tried for ViTs.
-  μ_SRR then asks: are the block's output tokens compressed in the subspaces its own attention
-  projects onto? Gradients flow into those weights. Not defined for models without attention.
-- :class:`FromData` — **the data's own structure.** Tokens of one batch are split into K
-  groups, and each group's top-p principal directions (uncentred SVD: subspaces pass through
-  the origin, as in the coding rate) form ``U_k``. Grouping ``"kmeans"``: K-subspaces
-  clustering, k-means with p-dimensional subspaces through the origin as centres (a token joins
-  the subspace that keeps most of its energy), deterministic (seeded farthest-first start, a few
-  iterations); ``"labels"``: one group per class (MCR²'s class-conditioned
-  coding; needs K = the number of classes among the tokens and per-sample labels). Fitted once,
-  then frozen (no gradient): μ_SRR asks how well later tokens stay compressed in the subspaces
-  the data had when fitted.
-- :class:`Learned` — **the best subspaces, learned.** An orthonormal ``U`` (``K·p ≤ d``, every
-  ``U_k`` orthonormal and the K blocks mutually orthogonal) through
-  ``torch.nn.utils.parametrizations.orthogonal``, owned by the regulariser
-  (``reg.parameters()`` must be given to the optimiser). The same loss that asks the model for
-  a small R^c − R moves U toward the subspaces in which the tokens compress best, so
-  μ_SRR ≈ min over orthonormal U — the MCR² view that the coding subspaces are themselves optimised.
-
-A policy is bound to the model and the layers once (``bind``) and then gives ``U`` for layer
-``i`` with ``policy.subspaces(i)``.
+Details (equations, costs, conventions): ``docs/guide-measurement.md``, section ``srr/measurement/subspaces.py``.
 """
 from __future__ import annotations
 
@@ -35,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from srr._checks import check_subspaces
+from srr._checks import check_choice, check_int, check_subspaces
 
 __all__ = ["FromData", "FromModel", "Fixed", "Learned", "SubspacePolicy", "heads_to_subspaces",
            "infer_dim", "make_policy"]
@@ -64,7 +39,8 @@ def infer_dim(module: nn.Module) -> int:
         elif isinstance(m, nn.modules.conv._ConvNd):
             d = m.out_channels
     if d is None:
-        raise ValueError(f"cannot infer the token width of a {type(module).__name__}; give it, e.g. Learned(heads=4, dim=256)")
+        raise ValueError(f"cannot infer the token width of a {type(module).__name__}; give it, e.g. Learned(heads=4, "
+                         f"dim=256)")
     return d
 
 
@@ -131,7 +107,8 @@ class Fixed(SubspacePolicy):
         if isinstance(given, Tensor):
             given = [given] * len(modules)
         if len(given) != len(modules):
-            raise ValueError(f"subspaces must be one (K, d, p) tensor or one per layer ({len(modules)}), got {len(given)}")
+            raise ValueError(f"subspaces must be one (K, d, p) tensor or one per layer ({len(modules)}), got "
+                             f"{len(given)}")
         for U in given:
             if not isinstance(U, Tensor) or U.ndim != 3:
                 raise ValueError(f"subspaces must be (K, d, p) tensors, got {getattr(U, 'shape', U)!r}")
@@ -186,10 +163,8 @@ class FromData(SubspacePolicy):
     def __init__(self, *, heads: int, head_dim: int | None = None, grouping: Literal["kmeans", "labels"] = "kmeans",
                  iters: int = 20, seed: int = 0):
         super().__init__()
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-            raise ValueError(f"heads must be an int >= 1, got {heads!r}")
-        if grouping not in ("kmeans", "labels"):
-            raise ValueError(f"grouping must be 'kmeans' or 'labels', got {grouping!r}")
+        check_int(heads, "heads", minimum=1)
+        check_choice(grouping, "grouping", ("kmeans", "labels"))
         self.heads, self.head_dim, self.grouping, self.iters, self.seed = heads, head_dim, grouping, iters, seed
         self._fitted: list[Tensor] | None = None
 
@@ -243,8 +218,7 @@ class Learned(SubspacePolicy):
 
     def __init__(self, *, heads: int, head_dim: int | None = None, dim: int | None = None, seed: int = 0):
         super().__init__()
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-            raise ValueError(f"heads must be an int >= 1, got {heads!r}")
+        check_int(heads, "heads", minimum=1)
         self.heads, self.head_dim, self.dim, self.seed = heads, head_dim, dim, seed
         self.bases = nn.ModuleList()
 
@@ -288,7 +262,8 @@ def make_policy(spec, model: nn.Module) -> SubspacePolicy:
                              f"(no attention heads to copy it from): pass e.g. "
                              f"{'FromData' if spec == 'data' else 'Learned'}(heads=4)")
         return FromData(heads=heads) if spec == "data" else Learned(heads=heads)
-    raise ValueError(f"subspaces must be 'model', 'data', 'learned', a SubspacePolicy or (K, d, p) tensors, got {spec!r}")
+    raise ValueError(f"subspaces must be 'model', 'data', 'learned', a SubspacePolicy or (K, d, p) tensors, got "
+                     f"{spec!r}")
 
 
 def _model_heads(model: nn.Module) -> int | None:

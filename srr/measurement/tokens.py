@@ -45,7 +45,8 @@ class TokenSite:
 
 
 def to_tokens(value: Tensor) -> Tensor:
-    """A captured tensor as a token set: ``(B, N, d)`` as is, ``(B, C, H, W) -> (B, H·W, C)``, ``(B, d) -> (B, 1, d)``."""
+    """A captured tensor as a token set: ``(B, N, d)`` as is, ``(B, C, H, W) -> (B, H·W, C)``,
+    ``(B, d) -> (B, 1, d)``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"a token site must produce a torch.Tensor, got {type(value).__name__}")
     if value.ndim == 3:
@@ -54,7 +55,8 @@ def to_tokens(value: Tensor) -> Tensor:
         return rearrange(value, "b c h w -> b (h w) c")
     if value.ndim == 2:
         return value.unsqueeze(1)
-    raise ValueError(f"a token site must produce (B, N, d), (B, C, H, W) or (B, d) tensors, got shape {tuple(value.shape)}")
+    raise ValueError(f"a token site must produce (B, N, d), (B, C, H, W) or (B, d) tensors, got shape "
+                     f"{tuple(value.shape)}")
 
 
 def is_crate(model: nn.Module) -> bool:
@@ -95,7 +97,8 @@ def as_sites(model: nn.Module, layers) -> list[TokenSite]:
     if isinstance(layers, (int, str, TokenSite)) and not isinstance(layers, bool):
         layers = [layers]
     if not isinstance(layers, Sequence) or isinstance(layers, str) or not layers:
-        raise ValueError(f"layers must be None, an int, a module name, a TokenSite or a non-empty list of them, got {layers!r}")
+        raise ValueError(f"layers must be None, an int, a module name, a TokenSite or a non-empty list of them, got "
+                         f"{layers!r}")
     modules = dict(model.named_modules())
     defaults = None
     sites = []

@@ -1,19 +1,10 @@
 """One CRATE layer (MATH.md §4.1–4.2): a compression half-step, then a sparsification step.
 
-    Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ))              C: the compression update (MSSA, E8–E9; or ExactCompression, −κ∇R^c, E6)
+    Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ))              C: the compression update (MSSA, E8–E9; ExactCompression, E6; TSSA, E13)
     Z^{ℓ+1} = S(LN₂(Z^{ℓ+½}))                S: one ISTA step (E10), no residual, so Z^{ℓ+1} ≥ 0
     Z^{ℓ+1} = Z^{ℓ+½} + S(LN₂(Z^{ℓ+½}))      crate_alpha: S = D₁A₂, overcomplete ISTA with residual
 
-A :class:`CRATEBlock` is an ``nn.ModuleList`` ``[PreNorm(C), PreNorm(S)]``, so its state-dict keys
-are those of the public code (``transformer.layers.{ℓ}.0.norm.*``, ``.0.fn.qkv.weight``, ...).
-
-Hook points (forward hooks see exactly these inputs and outputs). The block calls the norms and
-layers of its two ``PreNorm`` items directly (to keep every intermediate), so hooks go on these,
-not on ``block[0]`` / ``block[1]`` themselves:
-- ``block``                                : ``(Z^ℓ,) -> Z^{ℓ+1}``
-- ``block[0].norm`` / ``block.compression``: ``(Z^ℓ,) -> LN₁(Z^ℓ)`` / ``(LN₁(Z^ℓ),) -> C(LN₁(Z^ℓ))``, the update
-- ``block[1].norm``                        : ``(Z^{ℓ+½},) -> LN₂(Z^{ℓ+½})``
-- ``block.sparsification``                 : ``(LN₂(Z^{ℓ+½}),) -> Z^{ℓ+1}`` (``crate_alpha``: the branch ``D₁A₂``)
+State-dict keys are the public code's; hook points: ``docs/guide-layers.md``, section ``srr/models/blocks.py``.
 """
 from __future__ import annotations
 
@@ -23,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from srr.layers import ISTA, MSSA, ExactCompression, OvercompleteISTA
+from srr.layers import ISTA, MSSA, TSSA, ExactCompression, OvercompleteISTA
 from srr.models.config import CRATEConfig
 from srr.models.drop_path import drop_path
 
@@ -147,6 +138,9 @@ def _compression(cfg: CRATEConfig) -> nn.Module:
     if cfg.variant == "crate_exact":
         return ExactCompression(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, eps=cfg.eps,
                                 step_size=cfg.compression_step_size, backend=cfg.backend)
+    if cfg.variant == "tost":
+        return TSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output="tost",
+                    step_size=cfg.compression_step_size, dropout=cfg.dropout, backend=cfg.backend)
     output = {"crate_fix": "fixed", "crate_identity": "identity", "crate_alpha": "crate"}.get(cfg.variant, cfg.variant)
     return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output=output, temperature=cfg.temperature,
                 step_size=cfg.compression_step_size, dropout=cfg.dropout, backend=cfg.backend)

@@ -90,7 +90,8 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, sour
         raise CheckpointError("\n".join(lines))
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "state dict") -> nn.Module:
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *,
+                           source: str = "state dict") -> nn.Module:
     check_state_dict(model, state_dict, source=source)
     model.load_state_dict(state_dict, strict=True)
     return model
@@ -145,7 +146,8 @@ def create_from_checkpoint(path: str | os.PathLike, *, name: str | None, build: 
     source = f"checkpoint {str(path)!r}"
     if is_srr_checkpoint(obj):
         if obj.get("version") != VERSION:
-            raise CheckpointError(f"{source} has format version {obj.get('version')!r}; this srr reads version {VERSION}")
+            raise CheckpointError(f"{source} has format version {obj.get('version')!r}; this srr reads version "
+                                  f"{VERSION}")
         try:
             config = CRATEConfig.from_dict(obj["config"])
         except (KeyError, TypeError, ValueError) as e:
@@ -159,5 +161,6 @@ def create_from_checkpoint(path: str | os.PathLike, *, name: str | None, build: 
                               f"create_model('crate_base', checkpoint=...), to load it as a public CRATE state dict")
     variant = given.get("variant", "crate")
     if variant != "crate":
-        raise CheckpointError(f"{source} is a public CRATE state dict; it loads into variant 'crate' only, got {variant!r}")
+        raise CheckpointError(f"{source} is a public CRATE state dict; it loads into variant 'crate' only, got "
+                              f"{variant!r}")
     return load_public_state_dict(build(name, **given), obj, source=source)

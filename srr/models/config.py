@@ -23,6 +23,7 @@ VARIANTS: dict[str, str] = {
     "crate_exact": "ours: the exact gradient step Z − κ∇R^c(Z; U) of (E6), p×p solves, no softmax",
     "crate_alpha": "CRATE-α: overcomplete ISTA (d×4d, two steps from 0, decoder D₁) with a residual",
     "crate_derived": "every layer built by srr.derive from its objective (slow reference, eager only)",
+    "tost": "Wu et al. ToST: TSSA (a step on R^c_var, E13; linear in N, untied output) in place of MSSA, ISTA kept",
 }
 
 POOLS = ("cls", "mean")
@@ -65,7 +66,8 @@ class CRATEConfig(ConfigBase):
     name: str | None = None  # registry name it was built from (provenance only)
 
     def __post_init__(self):
-        for f in ("dim", "depth", "heads", "head_dim", "image_size", "patch_size", "in_chans", "expansion", "ista_steps"):
+        for f in ("dim", "depth", "heads", "head_dim", "image_size", "patch_size", "in_chans", "expansion",
+                  "ista_steps"):
             check_int(getattr(self, f), f, minimum=1)
         check_int(self.num_classes, "num_classes", minimum=0)
         if self.image_size % self.patch_size:
@@ -73,7 +75,8 @@ class CRATEConfig(ConfigBase):
                              f"patch_size={self.patch_size}")
         if self.patch_dim < 2:
             raise ValueError(f"in_chans * patch_size**2 must be >= 2 (the LayerNorm of a one-value patch is constant, "
-                             f"so the model would see no image), got in_chans={self.in_chans}, patch_size={self.patch_size}")
+                             f"so the model would see no image), got in_chans={self.in_chans}, "
+                             f"patch_size={self.patch_size}")
         check_choice(self.variant, "variant", sorted(VARIANTS))
         if self.compression_step_size == "auto":
             if self.variant not in ("crate_exact", "crate_derived"):

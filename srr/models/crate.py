@@ -1,18 +1,6 @@
 """CRATE: the white-box transformer of Yu et al. (NeurIPS 2023), MATH.md §4.3.
 
-    tokens  = LN(Linear(LN(patches)))                    patch embedding (public layout)
-    Z⁰      = [cls; tokens] + pos_embedding
-    Z^{ℓ+1} = block_ℓ(Z^ℓ)                               ℓ = 0..L−1, see srr/models/blocks.py
-    logits  = Linear(LN(pool(Z^L)))                      pool: CLS token (public) or mean
-
-The module tree mirrors the public ``CRATE`` class (``to_patch_embedding.{0..3}``,
-``pos_embedding``, ``cls_token``, ``transformer.layers.{ℓ}.{0,1}``, ``mlp_head.{0,1}``), so a
-public state dict loads into ``variant="crate"`` by key (srr/models/checkpoints.py).
-
-What measurement and regularisation use, all from one forward pass:
-- ``forward_intermediates(x) -> (logits, [LayerTokens(input, mssa_input, half, ista_input, output)])``
-- ``blocks()``: the L block modules, each mapping Z^ℓ → Z^{ℓ+1} (forward-hook points, see blocks.py)
-- ``layer_subspaces()``: U^ℓ ``(K, d, p)`` per layer; ``layer_dictionaries()``: D^ℓ per layer.
+Details (equations, costs, conventions): ``docs/guide-layers.md``, section ``srr/models/crate.py``.
 """
 from __future__ import annotations
 
@@ -20,6 +8,7 @@ import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
+from srr._checks import check_int
 from srr.models.blocks import CRATEBlock, LayerTokens, build_block
 from srr.models.config import CRATEConfig
 
@@ -72,7 +61,8 @@ class CRATE(nn.Module):
 
     def _init_vit(self) -> None:
         """ViT/timm init: trunc-normal(0.02) for Linear weights and embeddings, zero biases (as timm,
-        truncated at ±2 absolute, i.e. effectively untruncated at this std). Layer-specific parameters (ISTA dictionaries, derived layers) keep their layer's init."""
+        truncated at ±2 absolute, i.e. effectively untruncated at this std). Layer-specific parameters
+        (ISTA dictionaries, derived layers) keep their layer's init."""
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
@@ -83,8 +73,7 @@ class CRATE(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head's Linear by a fresh one with ``num_classes`` outputs (0: none)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=0)
         ref = self.mlp_head[0].weight
         head = self._classifier(num_classes).to(device=ref.device, dtype=ref.dtype)
         if self.config.init == "vit" and isinstance(head, nn.Linear):
@@ -107,8 +96,9 @@ class CRATE(nn.Module):
         return [b.dictionary for b in self.transformer.layers]
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides norms and biases (timm convention)."""
-        return {"pos_embedding", "cls_token"}
+        """Parameter names exempt from weight decay besides norms and biases (timm convention), and
+        TSSA's temperatures ``temp`` (as in ToST)."""
+        return {"pos_embedding", "cls_token"} | {n for n, _ in self.named_parameters() if n.endswith(".temp")}
 
     # ----- forward ------------------------------------------------------------------------
     def check_images(self, x: Tensor) -> None:

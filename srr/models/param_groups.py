@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from srr._checks import check_nonnegative
+
 
 def param_groups(model: nn.Module, weight_decay: float, *, skip: set[str] | None = None) -> list[dict]:
     """``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]``.
@@ -14,8 +16,7 @@ def param_groups(model: nn.Module, weight_decay: float, *, skip: set[str] | None
     Frozen parameters (``requires_grad=False``) are left out; each group also carries
     ``"names"`` (the parameter names, for logging; optimizers ignore unknown keys).
     """
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    check_nonnegative(weight_decay, "weight_decay")
     skip = set(skip or ()) | set(getattr(model, "no_weight_decay", lambda: set())())
     decay, no_decay = ([], []), ([], [])
     for name, p in model.named_parameters():

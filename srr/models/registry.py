@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from srr._checks import check_choice
 from srr.models.config import VARIANTS
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -55,8 +56,8 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
     given = {k: v for k, v in dict(num_classes=num_classes, image_size=image_size, patch_size=patch_size,
                                    in_chans=in_chans, variant=variant).items() if v is not None}
     given.update(overrides)
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {list(VARIANTS)}, got {variant!r}")
+    if variant is not None:
+        check_choice(variant, "variant", list(VARIANTS))
     if checkpoint is not None:
         from srr.models.checkpoints import create_from_checkpoint
 

@@ -154,12 +154,14 @@ class Objective:
         """Evaluate on ``Z (..., N, d)``; each term gets the parameters it declares."""
         unknown = set(params) - set(self.requires)
         if unknown:
-            raise TypeError(f"unexpected parameter(s) {sorted(unknown)} for objective {self}; it takes {list(self.requires)}")
+            raise TypeError(f"unexpected parameter(s) {sorted(unknown)} for objective {self}; it takes "
+                            f"{list(self.requires)}")
         total = None
         for c, t in self.terms:
             missing = [n for n in t.requires if n not in params]
             if missing:
-                raise TypeError(f"term {t} needs parameter(s) {missing}: call objective(Z, {', '.join(f'{m}=...' for m in missing)})")
+                raise TypeError(f"term {t} needs parameter(s) {missing}: call objective(Z, "
+                                f"{', '.join(f'{m}=...' for m in missing)})")
             v = c * t(Z, **{n: params[n] for n in t.requires})
             total = v if total is None else total + v
         if total is None:
@@ -187,7 +189,8 @@ class Objective:
                 nonneg = True
             elif isinstance(t, SeparablePenalty):
                 if penalty is not None and type(penalty) is not type(t):
-                    raise ValueError(f"no closed-form proximal operator for {penalty} + {t}: combine at most one kind of penalty with NonNegative")
+                    raise ValueError(f"no closed-form proximal operator for {penalty} + {t}: combine at most one kind "
+                                     f"of penalty with NonNegative")
                 penalty = t.scaled(c) if penalty is None else type(t)(lam=penalty.lam + c * t.lam)
             else:
                 raise ValueError(f"no proximal operator is known for term {t}")

@@ -44,9 +44,11 @@ def _build(node: ast.AST, text: str):
         if node.func.id not in TERMS:
             return _term(node.func.id, {}, text)  # raises: unknown term
         if node.args:
-            raise ValueError(f"objective {text!r}: give term arguments by name, e.g. Rc(eps=0.5), got {ast.unparse(node)!r}")
+            raise ValueError(f"objective {text!r}: give term arguments by name, e.g. Rc(eps=0.5), got "
+                             f"{ast.unparse(node)!r}")
         return _term(node.func.id, {k.arg: _constant(k.value, text) for k in node.keywords}, text)
-    raise ValueError(f"objective {text!r}: cannot read {ast.unparse(node)!r}; write terms like 'Rc(eps=0.5) + 0.1*L1 + NonNeg'")
+    raise ValueError(f"objective {text!r}: cannot read {ast.unparse(node)!r}; write terms like 'Rc(eps=0.5) + 0.1*L1 "
+                     f"+ NonNeg'")
 
 
 def _term(name: str, kwargs: dict, text: str) -> Term:

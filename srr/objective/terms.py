@@ -122,7 +122,8 @@ class LeastSquares(Term):
 
     def __call__(self, Z: Tensor, X: Tensor, D: Tensor) -> Tensor:
         if D.ndim != 2 or D.shape[-1] != Z.shape[-1] or D.shape[0] != X.shape[-1]:
-            raise ValueError(f"D must have shape (d={X.shape[-1]}, m={Z.shape[-1]}) to map codes to signals, got {tuple(D.shape)}")
+            raise ValueError(f"D must have shape (d={X.shape[-1]}, m={Z.shape[-1]}) to map codes to signals, got "
+                             f"{tuple(D.shape)}")
         residual = X - Z @ D.mT  # (..., N, d)
         return 0.5 * residual.pow(2).sum((-2, -1))
 

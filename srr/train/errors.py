@@ -19,6 +19,7 @@ class TrainingInterrupted(RuntimeError):
     """A signal stopped the run at a step boundary, after writing a checkpoint there."""
 
     def __init__(self, *, signal_name: str, step: int, epoch: int, checkpoint: Path, run_dir: Path) -> None:
-        self.signal_name, self.step, self.epoch, self.checkpoint, self.run_dir = signal_name, step, epoch, checkpoint, run_dir
+        self.signal_name, self.step, self.epoch = signal_name, step, epoch
+        self.checkpoint, self.run_dir = checkpoint, run_dir
         super().__init__(f"{signal_name} received: stopped at step {step} (epoch {epoch}) and saved {checkpoint}; "
                          f"continue with: srr train --out {run_dir} --resume")

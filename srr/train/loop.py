@@ -244,7 +244,7 @@ class _Trainer:
         return self._finish()
 
     def _train_epoch(self, reporter: Reporter) -> None:
-        config, env, device = self.config, self.env, self.env.device
+        config, device = self.config, self.env.device
         self.forward_model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
@@ -266,7 +266,8 @@ class _Trainer:
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             loss_value, norm_value = loss.item(), grad_norm.item()
-            what, value = ("the loss", loss_value) if not math.isfinite(loss_value) else ("the gradient norm", norm_value)
+            bad_loss = not math.isfinite(loss_value)
+            what, value = ("the loss", loss_value) if bad_loss else ("the gradient norm", norm_value)
             stop = self._check_finite(value, what, stop=bool(self.stop))
             self.optimizer.step()
             self.scheduler.step()
@@ -379,7 +380,8 @@ class _Trainer:
                 best_val_accuracy=self.best_val, best_epoch=self.best_epoch,
                 srr_per_layer=list(rows[-1].get("srr_per_layer", [])) if rows else [],
                 train_time_s=total_time,
-                train_images_per_s=sum(r["train_images_per_s"] * r["epoch_time_s"] for r in rows) / max(total_time, 1e-9),
+                train_images_per_s=sum(r["train_images_per_s"] * r["epoch_time_s"] for r in rows)
+                / max(total_time, 1e-9),
                 loader_images_per_s=mean("loader_images_per_s"), model_images_per_s=mean("model_images_per_s"),
                 metrics=list(rows), plots=self._finish_plots(),
             )
