@@ -3,6 +3,8 @@ Hadamard's bound against R^c (E2), the fast layer against the derived step and T
 ``tost`` model variant."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from einops import rearrange
@@ -12,8 +14,10 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from srr.derivation import BoundFraction, compression_lipschitz, derive_step, lipschitz_bound
-from srr.layers import TSSA, check
+from srr.layers import ISTA, TSSA, check
 from srr.layers.tssa import OUTPUTS
+from srr.measurement import SRRRegularizer, measure
+from srr.models import create_model
 from srr.objective import L1, VariationalCompressedCodingRate, parse
 from srr.rates import (compressed_coding_rate, variational_compressed_coding_rate,
                        variational_compressed_coding_rate_grad)
@@ -306,3 +310,71 @@ def test_backend_switch_selects_the_derived_reference():
     ref.load_state_dict(fast.state_dict())
     x = tokens(0, 2, 9, 12)
     assert rel(ref(x), fast(x)) < 1e-12
+
+
+# ---- the tost variant --------------------------------------------------------------------------------
+def tost_model(**kw):
+    torch.manual_seed(0)
+    return create_model("crate_nano", variant="tost", **{"depth": 2, **kw})
+
+
+def test_tost_is_the_crate_block_with_tssa_in_place_of_mssa():
+    model = tost_model()
+    for block in model.blocks():
+        assert isinstance(block.compression, TSSA) and isinstance(block.sparsification, ISTA)
+        assert block.compression.output == "tost" and block.subspaces.shape == (4, 64, 16)
+    keys = set(model.state_dict())
+    assert {"transformer.layers.1.0.fn.qkv.weight", "transformer.layers.1.0.fn.temp",
+            "transformer.layers.1.0.fn.to_out.0.weight", "transformer.layers.1.0.fn.to_out.0.bias",
+            "transformer.layers.1.1.fn.weight"} <= keys
+    assert "transformer.layers.1.0.fn.temp" in model.no_weight_decay()  # ToST: no decay on temp
+
+
+def test_tost_half_step_is_its_tssa_update_on_the_normed_tokens():
+    model = tost_model().double().eval()
+    x = torch.randn(3, 1, 8, 8, dtype=f64)
+    _, layers = model.forward_intermediates(x)
+    block, t = model.blocks()[0], layers[0]
+    assert rel(t.half, t.input + block.compression(block[0].norm(t.input))) < 1e-14
+    assert (t.output >= 0).all()
+
+
+def test_tost_trains_under_the_regularizer_and_is_measured():
+    model = tost_model()
+    x = torch.randn(8, 1, 8, 8)
+    with SRRRegularizer(model, layers=[-1], weight=0.1, eps=0.5) as reg:
+        loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 10) + reg()
+    loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "temp" in n or "qkv" in n)
+    table = measure(model, x, eps=0.5, progress=False)
+    assert len(table.select("out")) == 2 and all(torch.isfinite(torch.tensor(table.column("Rc"))))
+
+
+def test_tost_compiles_into_one_graph():
+    model = tost_model().eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+
+
+@pytest.mark.slow
+def test_tost_compiled_with_inductor_matches_eager_forward_and_backward():
+    model = tost_model().train()
+    x = torch.randn(4, 1, 8, 8)
+    compiled = torch.compile(model)
+    out, ref = compiled(x), model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.autograd.grad(out.square().sum(), model.blocks()[0].compression.temp)[0]
+    g_ref = torch.autograd.grad(ref.square().sum(), model.blocks()[0].compression.temp)[0]
+    torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-6)
+
+
+def test_srr_train_cli_trains_a_tost_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from srr.cli import app
+
+    args = ["train", "--variant", "tost", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
+            "--train-subset", "64", "--measure-samples", "8", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["variant"] == "tost"

@@ -54,7 +54,7 @@ def train(
         rich_help_panel="Model")] = "crate_nano",
     variant: Annotated[Optional[str], typer.Option(
         help="CRATE variant: crate, crate_c, crate_n, crate_t, crate_fix, crate_identity, crate_exact, crate_alpha, "
-             "crate_derived. Default: the model's own.",
+             "crate_derived, tost (TSSA, linear in the tokens). Default: the model's own.",
         rich_help_panel="Model")] = None,
     patch_size: Annotated[Optional[int], typer.Option(
         help="Patch size. Default: the model's own.",
