@@ -1,7 +1,12 @@
 """Test configuration: hypothesis profiles and shared fixtures.
 
-Profiles: ``ci`` (derandomized, bounded, no deadline; the default) and ``dev`` (more examples).
-Select with the environment variable ``SRR_HYPOTHESIS_PROFILE``.
+Profiles, selected with the environment variable ``SRR_HYPOTHESIS_PROFILE``:
+
+- ``ci`` (the default): derandomized, so every run draws the same examples; 25 per test, and at
+  least 100 for the core properties (``token_strategies.core``, ``tests/test_properties.py``).
+- ``dev``: randomized, 200 examples per test.
+- ``random``: randomized, 1000 examples per test, for exploring locally; a failure prints the
+  ``@reproduce_failure`` blob that replays it.
 """
 import os
 
@@ -21,6 +26,14 @@ settings.register_profile(
     deadline=None,
     max_examples=200,
     suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "random",
+    derandomize=False,
+    deadline=None,
+    max_examples=1000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
 )
 settings.load_profile(os.environ.get("SRR_HYPOTHESIS_PROFILE", "ci"))
 

@@ -88,6 +88,38 @@ def test_detached_form_equals_recomputing_the_block_on_a_detached_input():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
+def _grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(got: dict, model) -> None:
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got.get(name), p.grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("scope", ["sample", "batch"])
+@pytest.mark.parametrize("layers", [[0, 2], [0, 1, 2, 3]], ids=["two_layers", "every_layer"])
+def test_gradients_equal_recomputing_every_regularised_block_on_a_detached_input(layers, scope):
+    """Several layers at once, both scopes: the hooks' gradient = that of the loss written out by hand."""
+    model = _crate()
+    x, y = _images()
+    with SRRRegularizer(model, layers=layers, weight=0.7, eps=0.5, lam=0.1, scope=scope, pool="cls") as reg:
+        (F.cross_entropy(model(x), y) + reg()).backward()
+    got = _grads(model)
+    model.zero_grad()
+    _, inter = model.forward_intermediates(x)
+    U = model.layer_subspaces()
+    terms = []
+    for ell in layers:
+        out = model.blocks()[ell](inter[ell].input.detach())  # (B, N, d), recomputed on a detached input
+        if scope == "sample":
+            terms.append(sparse_rate_reduction(out, U[ell], 0.5, 0.1).mean())
+        else:  # the batch is one token set of one feature row (the CLS token) per sample
+            terms.append(sparse_rate_reduction(out[:, 0], U[ell], 0.5, 0.1))
+    (F.cross_entropy(model(x), y) + 0.7 * sum(terms) / len(terms)).backward()
+    _assert_same_grads(got, model)
+
+
 def test_detached_form_runs_each_block_once():
     model = _crate()
     calls = []

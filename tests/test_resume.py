@@ -90,3 +90,43 @@ def test_a_killed_run_resumed_ends_with_the_uninterrupted_weights(tmp_path, unin
     assert progress(out)["global_step"] == STEPS
     for name, value in reference_weights.items():
         assert torch.equal(final[name], value), name
+
+
+EPOCH_CONFIG = dict(train_subset=128, batch_size=32, epochs=3, measure_samples=16, dropout=0.1, augment=True,
+                    threads=1)
+EPOCH_ARGS = ["--train-subset", "128", "--batch-size", "32", "--epochs", "3", "--measure-samples", "16",
+              "--dropout", "0.1", "--augment", "--threads", "1", "--quiet"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_an_epoch_boundary_with_measurement_on_resumes_exactly(tmp_path):
+    """Checkpoints only at epoch ends (``--checkpoint-every 0``) and μ_SRR measured every epoch: the
+    resumed run ends with the uninterrupted run's weights and one metrics row per epoch, whose
+    per-layer measurements equal the uninterrupted run's."""
+    from srr.train.run_dir import RunDir
+
+    whole = tmp_path / "whole"
+    train(TrainConfig(out=str(whole), **EPOCH_CONFIG))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "srr", "train", "--out", str(out), *EPOCH_ARGS], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = out / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 180
+    while not latest.exists():
+        assert process.poll() is None, f"the run ended before its first checkpoint: {finish(process).stderr}"
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert finish(process).returncode == -signal.SIGKILL
+    steps_per_epoch = 128 // 32
+    stopped_at = progress(out)["global_step"]
+    assert stopped_at % steps_per_epoch == 0 and 0 < stopped_at < 3 * steps_per_epoch, stopped_at
+    resume(out)
+    final, reference = weights(out), weights(whole)
+    for name, value in reference.items():
+        assert torch.equal(final[name], value), name
+    rows, reference_rows = RunDir(out).read_metrics(), RunDir(whole).read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row, ref in zip(rows, reference_rows):
+        assert row["srr_per_layer"] == ref["srr_per_layer"], row["epoch"]
+        assert row["train_loss"] == ref["train_loss"], row["epoch"]
