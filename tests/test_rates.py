@@ -216,6 +216,13 @@ def test_bad_eps(eps):
         coding_rate(tokens(0, (4, 3)), eps)
 
 
+@pytest.mark.parametrize("lam", [-0.1, math.inf, math.nan, True, "0.1"])
+def test_bad_lam_is_rejected_naming_it(lam):
+    """λ of (E4) is a finite number >= 0 (inf and NaN were once accepted)."""
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        sparse_rate_reduction(tokens(0, (4, 3)), tokens(1, (1, 3, 2)), 0.5, lam)
+
+
 def test_bad_inputs_name_the_argument():
     Z = tokens(0, (4, 3))
     with pytest.raises(ValueError, match=r"Z must have shape \(\.\.\., N, d\)"):

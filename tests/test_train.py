@@ -50,7 +50,9 @@ def test_scheduler_state_round_trip_gives_the_same_rates():
 # ----- config -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("epochs", -1), ("batch_size", 0), ("lr", 0.0),
                                          ("lr", math.nan), ("val_fraction", 1.0), ("label_smoothing", 1.5),
-                                         ("optimizer", "lbfgs"), ("srr_layers", "first"), ("srr_eps", 0.0)])
+                                         ("optimizer", "lbfgs"), ("srr_layers", "first"), ("srr_eps", 0.0),
+                                         ("srr_eps", math.inf), ("srr_lam", math.nan), ("model_eps", -0.5),
+                                         ("threads", 0), ("grad_clip", 0.0)])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -65,6 +67,20 @@ def test_config_json_round_trip_and_unknown_fields(tmp_path):
         TrainConfig.from_dict({**config.to_dict(), "epochz": 3})
     with pytest.raises(TypeError, match="epochz"):
         config.replace(epochz=3)
+
+
+def test_both_configs_share_one_base_with_the_same_rules():
+    from srr._config import ConfigBase
+    from srr.models import CRATEConfig
+
+    for config in (TrainConfig(), CRATEConfig()):
+        assert isinstance(config, ConfigBase)
+        assert type(config).from_dict(config.to_dict()) == config
+        assert config.replace().to_dict() == config.to_dict()
+        with pytest.raises(TypeError, match=r"unknown .* field\(s\) \['nope'\]; valid fields: \["):
+            config.replace(nope=1)
+        with pytest.raises(ValueError, match=r"unknown field\(s\) \['nope'\] of " + type(config).__name__):
+            type(config).from_dict({**config.to_dict(), "nope": 1})
 
 
 def test_parse_layers():
