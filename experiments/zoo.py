@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from experiments._common import markdown_table, mean_std, parse_args, pyplot, seed_everything, summary, write_csv, write_json
+from experiments._common import (markdown_table, mean_std, parse_args, pyplot, seed_everything, summary, write_csv,
+                                 write_json)
 from experiments._train import evaluate, fit, load_split, throughput
 from srr.models import create_model, list_variants
 
