@@ -35,9 +35,9 @@ from experiments._common import markdown_table, parse_args, pyplot, read_csv, su
 from experiments._pool import run_jobs
 
 NAME = "generalization"
-GRID = dict(variant=("crate", "crate_c", "crate_n", "crate_t"), batch_size=(64, 128), lr=(1e-3, 2e-3),
-            dropout=(0.0, 0.1))
-QUICK_GRID = dict(variant=("crate", "crate_n"), batch_size=(64,), lr=(1e-3, 2e-3), dropout=(0.0,))
+GRID = dict(variant=("crate", "crate_c", "crate_n", "crate_t"), batch_size=(32, 64), lr=(1e-3, 2e-3),
+            dropout=(0.0, 0.05))
+QUICK_GRID = dict(variant=("crate", "crate_n"), batch_size=(32,), lr=(1e-3, 2e-3), dropout=(0.0,))
 BASELINES = ("frobenius_product", "frobenius_sum", "spectral_product", "spectral_sum", "path_norm",
              "inverse_margin", "sharpness")
 SRR_SCORES = {"srr": ("0.1", 0.1), "srr_eps2_p_over_N": ("p/N", 0.1), "srr_eps1": ("1", 0.1)}
@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
         (("--depth",), dict(type=int, default=None, help=f"layers (default {DEPTH})")),
         (("--train-subset",), dict(type=int, default=None, help="training images (default 500)")),
         (("--measure-samples",), dict(type=int, default=None, help="training images measured (default 500)")),
-        (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 150)"))])
+        (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 200)"))])
     started = time.perf_counter()
     grid = QUICK_GRID if args.quick else GRID
     args.data_dir = data_dir(args.data_dir)
@@ -183,7 +183,7 @@ def main(argv=None) -> dict:
     args.depth = args.depth or (1 if args.quick else DEPTH)
     args.train_subset = args.train_subset or (100 if args.quick else 500)
     args.measure_samples = args.measure_samples or (50 if args.quick else 500)
-    args.max_epochs = args.max_epochs or (1 if args.quick else 150)
+    args.max_epochs = args.max_epochs or (1 if args.quick else 200)
     jobs = jobs_for(grid, args)
 
     done: list[dict] = []

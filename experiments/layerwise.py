@@ -16,7 +16,7 @@ in **both** conventions (``experiments/_cifar.py``), side by side:
 The claims under test: along the layers R^c falls (compression) and sparsity rises; training makes
 both stronger; the MSSA half-step lowers R^c.
 
-Run: ``python -m experiments.layerwise [--workers 2] [--epochs 4]`` or ``--quick``; ``--device cuda``.
+Run: ``python -m experiments.layerwise [--workers 2] [--epochs 2]`` or ``--quick``; ``--device cuda``.
 Writes ``layers.csv`` (variant, epoch, layer, every quantity), ``table.csv``/``table.md``,
 ``summary.json``, ``layerwise_raw.png``, ``layerwise_yu23.png``, ``training.png``.
 """
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     from experiments._cifar import data_dir
 
     args = parse_args(NAME, __doc__, argv, extra=[
-        (("--epochs",), dict(type=int, default=None, help="training epochs (default 4)")),
+        (("--epochs",), dict(type=int, default=None, help="training epochs (default 2)")),
         (("--width",), dict(type=int, default=None, help="token width d (default 64)")),
         (("--depth",), dict(type=int, default=None, help="layers (default 6)")),
         (("--samples",), dict(type=int, default=None, help="training images measured (default 256)")),
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         (("--from-csv",), dict(type=Path, default=None, help="skip training: re-plot this layers.csv"))])
     started = time.perf_counter()
     args.data_dir = data_dir(args.data_dir)
-    epochs = args.epochs or (1 if args.quick else 4)
+    epochs = args.epochs or (1 if args.quick else 2)
     width, depth = args.width or (16 if args.quick else 64), args.depth or (2 if args.quick else 6)
     samples = args.samples or (32 if args.quick else 256)
     variants = ("crate", "crate_n") if args.quick else VARIANTS

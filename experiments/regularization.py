@@ -17,7 +17,7 @@ So that η means the same thing across scales, each run also records the ratio
 ‖∇_θ η·μ_SRR‖ / ‖∇_θ CE‖ over the last layer's parameters θ, on 4 fixed training batches, at
 initialisation and at the end.
 
-Run: ``python -m experiments.regularization [--workers 2] [--seeds 3] [--epochs 6]`` or ``--quick``;
+Run: ``python -m experiments.regularization [--workers 2] [--seeds 3] [--epochs 3]`` or ``--quick``;
 ``--device cuda`` trains on a GPU. Writes ``runs.csv``, ``table.csv``/``table.md``,
 ``summary.json``, ``regularization.png``.
 """
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
 
     args = parse_args(NAME, __doc__, argv, extra=[
         (("--seeds",), dict(type=int, default=None, help="paired seeds (default 3; quick 1)")),
-        (("--epochs",), dict(type=int, default=None, help="epochs per run (default 6; quick 1)")),
+        (("--epochs",), dict(type=int, default=None, help="epochs per run (default 3; quick 1)")),
         (("--width",), dict(type=int, default=None, help="token width d (default 64)")),
         (("--depth",), dict(type=int, default=None, help="layers (default 6)")),
         (("--workers",), dict(type=int, default=1, help="worker processes (one torch thread each)")),
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     args.data_dir = data_dir(args.data_dir)
     args.seed_list = [args.seed + i for i in range(args.seeds or (1 if args.quick else 3))]
-    args.epochs = args.epochs or (1 if args.quick else 6)
+    args.epochs = args.epochs or (1 if args.quick else 3)
     args.width = args.width or (16 if args.quick else 64)
     args.depth = args.depth or (1 if args.quick else 6)
     jobs = jobs_for(args)

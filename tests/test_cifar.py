@@ -3,6 +3,7 @@
 Small class-folder trees are written here as JPEG/PNG; the real CIFAR-10 (JPEG) copy at
 ``../shared/data/cifar10`` is used where it exists (it does in CI).
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,24 @@ def test_real_cifar10_test_split_has_1000_images_per_class(tmp_path):
     # standardised with CIFAR-10's constants: roughly zero mean, unit variance per channel
     assert images.mean((0, 2, 3)).abs().max() < 0.1
     assert (images.std((0, 2, 3)) - 1).abs().max() < 0.1
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="the real CIFAR-10 copy is not beside this checkout")
+def test_srr_train_runs_on_real_cifar10_from_the_command_line(tmp_path):
+    """The acceptance command of the CIFAR recipe, on a few images: ``srr train --dataset cifar10 --data-dir``."""
+    from typer.testing import CliRunner
+
+    from srr.cli import app
+
+    from srr.data.cifar import resolve_cache_dir
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "--model", "crate_micro", "--dataset", "cifar10", "--data-dir", str(REAL), "--out", str(out),
+        "--epochs", "1", "--batch-size", "32", "--train-subset", "64", "--measure-samples", "8", "--threads", "1",
+        "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["dataset"] == "cifar10" and 0 <= summary["test_acc"] <= 1
+    assert list(resolve_cache_dir(None).glob("cifar10-train-*.pt"))  # decoded once, into the cache
