@@ -4,9 +4,13 @@ Details (equations, costs, conventions): ``docs/guide-layers.md``, section ``srr
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from srr._checks import check_int
 from srr.models.blocks import CRATEBlock, LayerTokens, build_block
@@ -19,10 +23,14 @@ class Transformer(nn.Module):
     def __init__(self, blocks: list[CRATEBlock]):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, z: Tensor) -> Tensor:  # (B, N, d) -> (B, N, d)
         for block in self.layers:
-            z = block(z)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                z = checkpoint(block, z, use_reentrant=False)  # recompute in backward: memory for time
+            else:
+                z = block(z)
         return z
 
 
@@ -81,6 +89,16 @@ class CRATE(nn.Module):
             nn.init.zeros_(head.bias)
         self.mlp_head[1] = head
         self.config = self.config.replace(num_classes=num_classes)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them (training only)."""
+        self.transformer.grad_checkpointing = bool(enable)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``folder/model.safetensors`` + ``folder/config.json``; ``create_model(pretrained=folder)`` reads it."""
+        from srr.models.pretrained import save_pretrained
+
+        return save_pretrained(self, folder)
 
     # ----- introspection ------------------------------------------------------------------
     def blocks(self) -> list[CRATEBlock]:

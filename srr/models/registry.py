@@ -45,19 +45,32 @@ def list_variants() -> list[str]:
 
 def create_model(name: str | None = None, *, num_classes: int | None = None, image_size: int | None = None,
                  patch_size: int | None = None, in_chans: int | None = None, variant: str | None = None,
-                 checkpoint: str | os.PathLike | None = None, **overrides) -> nn.Module:
+                 checkpoint: str | os.PathLike | None = None, pretrained: str | os.PathLike | None = None,
+                 **overrides) -> nn.Module:
     """Build the registered model ``name``; ``None`` arguments keep the entry point's defaults.
 
     ``checkpoint``: a file written by :func:`srr.models.save_checkpoint` (its stored config
     rebuilds the model, ``name`` may be omitted; arguments given here override the config), or a
     state dict of the public CRATE code (``name`` required, ``variant="crate"``). Loading is
     strict: missing, unexpected or mis-shaped keys raise a ``CheckpointError`` listing them.
+
+    ``pretrained``: weights to start from (fine-tuning): a :func:`srr.models.save_pretrained`
+    folder, a run folder, an srr checkpoint, a ``.safetensors`` file or a public CRATE checkpoint
+    (``name`` required for the last). As strict, except that a ``num_classes`` given here that
+    differs re-initialises the head, and a different ``image_size`` interpolates the position
+    embedding (srr/models/pretrained.py).
     """
     given = {k: v for k, v in dict(num_classes=num_classes, image_size=image_size, patch_size=patch_size,
                                    in_chans=in_chans, variant=variant).items() if v is not None}
     given.update(overrides)
     if variant is not None:
         check_choice(variant, "variant", list(VARIANTS))
+    if checkpoint is not None and pretrained is not None:
+        raise ValueError("pass checkpoint= (an exact reload) or pretrained= (weights to fine-tune), not both")
+    if pretrained is not None:
+        from srr.models.pretrained import load_pretrained
+
+        return load_pretrained(pretrained, name=name, build=_build, **given)
     if checkpoint is not None:
         from srr.models.checkpoints import create_from_checkpoint
 
