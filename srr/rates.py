@@ -1,8 +1,7 @@
 """The sparse rate reduction objective as plain functions (MATH.md §2–3).
 
-Tokens are rows: ``Z`` has shape ``(..., N, d)``; subspaces ``U`` have shape ``(K, d, p)``;
-``eps`` is the distortion ε (never ε²). Every function returns one value per token set, shape
-``(...)``, and is differentiable (twice) with autograd.
+Tokens are rows: ``Z (..., N, d)``; subspaces ``U (K, d, p)``; ``eps`` is ε (never ε²). Every function
+returns one value per token set, shape ``(...)``, and is differentiable (twice) with autograd.
 
 - (E1) ``coding_rate``             R(Z; ε)    = ½ logdet(I_d + α ZᵀZ),          α = d/(Nε²)
 - (E2) ``compressed_coding_rate``  R^c(Z; U)  = Σ_k ½ logdet(I_p + β A_kᵀA_k),   β = p/(Nε²), A_k = Z U_k

@@ -1,21 +1,9 @@
 """TSSA: Token Statistics Self-Attention (Wu et al., ToST, ICLR 2025; MATH.md §7, E12–E13). O(N).
 
-``forward(x)`` returns the **update** the block adds to the residual stream; ``step(x) = x + forward(x)``.
-With ``A = x Wᵀ`` split into K heads (``W = qkv.weight (K·p, d)``, so ``U_k = W_kᵀ``):
-
-    Π   = softmax over heads of τ_k Σ_j (A_kij / ‖A_k[:, j]‖)²   (..., N, K)   ToST's membership (Eq. 10)
-    m_k = Σ_i π_ik A_ki² / n_k,   n_k = Σ_i π_ik                  (..., K, p)   token statistics
-    o_k = (π_k ⊙ A_k) ⊘ (1 + (p/ε²) m_k)                          (..., N, p)
-
-| ``output`` | update | parameters |
-| --- | --- | --- |
-| ``"tost"`` | ``κ · to_out(−o)`` (public ToST code, ``AttentionTSSA``) | untied ``Linear(K·p, d)`` with bias |
-| ``"tied"`` | ``−κ β o W = −κ ∇R^c_var(x; U, Π)`` (E13, β = p/(Nε²)) | none |
-
-``eps=None`` is ToST's constant ``p/ε² = 1`` (ε = √p). Every operation is token-wise or a sum over
-tokens: no N×N matrix, no p×p solve. The reference is the derived step (``derive_step`` on
-``VariationalCompressedCodingRate``, Π held fixed in the step, differentiated through by autograd);
-for ``"tost"`` it is taken in head coordinates (``U`` = identity blocks on ``A``).
+``forward(x)`` returns the **update** the block adds to the residual stream; ``step(x) = x + forward(x)``:
+a step on R^c_var (E13) from token statistics (a membership Π and per-head second moments), no N×N
+matrix and no p×p solve. Outputs ``"tost"`` (ToST's untied ``to_out``) and ``"tied"`` (−κ∇R^c_var).
+The formulas, the output table and the reference: ``docs/guide-layers.md``, section ``srr/layers/tssa.py``.
 """
 from __future__ import annotations
 
