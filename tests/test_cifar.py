@@ -148,5 +148,5 @@ def test_srr_train_runs_on_real_cifar10_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    assert config["dataset"] == "cifar10" and 0 <= summary["test_acc"] <= 1
+    assert config["dataset"] == "cifar10" and 0 <= summary["test_accuracy"] <= 1
     assert list(resolve_cache_dir(None).glob("cifar10-train-*.pt"))  # decoded once, into the cache
