@@ -2,7 +2,8 @@
 
 The data is read through ``srr.data`` (decoded once into a cached uint8 tensor) from
 ``--data-dir`` (default ``$SRR_DATA_DIR``, else ``../shared/data/cifar10`` beside the repository).
-The models are ``crate_micro``-shaped (32 px, patch 4: 64 patches + CLS = 65 tokens per image).
+The models are ``crate_micro``-shaped (32 px; patch 4: 64 patches + CLS = 65 tokens per image;
+patch 8: 17 tokens, the fewest on which a rate is not saturated, MATH.md §5b).
 
 Per layer ℓ (0-based) :func:`layer_stats` records, averaged over images (each image's 65 tokens
 are one token set, the papers' form):
@@ -54,19 +55,21 @@ def load(split: str, root: Path, *, subset: int | None = None, augment: bool = F
     return dataset
 
 
-def model(variant: str, *, width: int, depth: int, heads: int = 4, dropout: float = 0.0, **overrides):
-    """A ``crate_micro``-shaped CRATE: width d, ``heads`` heads of d/heads, 65 tokens per image.
+def model(variant: str, *, width: int, depth: int, heads: int = 4, dropout: float = 0.0, patch_size: int = PATCH_SIZE,
+          **overrides):
+    """A ``crate_micro``-shaped CRATE: width d, ``heads`` heads of d/heads, (32/patch)² + 1 tokens per image
+    (65 at patch 4, 17 at patch 8).
 
     ``dropout`` goes to HU24's three places: after the position embedding, on the attention
     weights and after the attention output.
     """
     return create_model("crate_micro", variant=variant, dim=width, heads=heads, head_dim=width // heads,
-                        depth=depth, dropout=dropout, emb_dropout=dropout, **overrides)
+                        depth=depth, dropout=dropout, emb_dropout=dropout, patch_size=patch_size, **overrides)
 
 
-def eps_values(head_dim: int) -> dict[str, float]:
+def eps_values(head_dim: int, tokens: int = TOKENS) -> dict[str, float]:
     """The ε at which rates are saved: 0.1 (HU24), ε² = p/N, and 1."""
-    return {"0.1": 0.1, "p/N": math.sqrt(head_dim / TOKENS), "1": 1.0}
+    return {"0.1": 0.1, "p/N": math.sqrt(head_dim / tokens), "1": 1.0}
 
 
 @torch.no_grad()
@@ -75,7 +78,7 @@ def layer_stats(net, images: Tensor, *, batch_size: int = 256) -> list[dict]:
     was = net.training
     net.eval()
     p = net.config.head_dim
-    eps = eps_values(p)
+    eps = eps_values(p, net.config.num_patches + 1)
     sums: dict[int, dict[str, float]] = {}
     for xb in images.split(batch_size):
         _, layers = net.forward_intermediates(xb)

@@ -8,6 +8,10 @@ in HU24's three places (after the position embedding, on the attention weights, 
 attention output). The grid is trained once per seed (``--seeds``, default 0 1): the τ between
 the two seeds' gaps is the noise ceiling any measure can reach.
 
+Model: ``crate_micro``-shaped, width d (``--widths``, default 64), 4 heads of d/4, ``--depth`` 4, patch
+``--patch-size`` 8 (17 tokens per image: the fewest MATH.md §5b allows; patch 4 gives 65 tokens at
+about 3× the cost, which a 2-core CPU could not afford for 64 models trained to CE 0.01).
+
 Data: a class-balanced ``--train-subset`` of the CIFAR-10 (JPEG) training set; the
 generalization gap (test CE − train CE) is measured on the **full 10,000-image test set**.
 
@@ -44,7 +48,7 @@ SRR_SCORES = {"srr": ("0.1", 0.1), "srr_eps2_p_over_N": ("p/N", 0.1), "srr_eps1"
 MEASURES = (*SRR_SCORES, "srr_yu23", *BASELINES)
 PAPER_SRR_TAU = 0.445  # HU24 §5, width 384, 32 models (MATH.md §5b)
 TARGET_LOSS = 0.01
-DEPTH, HEADS = 4, 4
+DEPTH, HEADS, PATCH = 4, 4, 8
 
 
 def run_one(job: dict) -> dict:
@@ -65,7 +69,7 @@ def run_one(job: dict) -> dict:
     test = tuple(t.to(device) for t in test_set.tensors)
     seed_everything(job["seed"])
     model = _cifar.model(job["variant"], width=job["width"], depth=job["depth"], heads=HEADS,
-                         dropout=job["dropout"]).to(device)
+                         dropout=job["dropout"], patch_size=job["patch_size"]).to(device)
     result = fit(model, train, epochs=job["max_epochs"], batch_size=job["batch_size"], lr=job["lr"],
                  seed=job["seed"], target_loss=TARGET_LOSS, check_every=1)
     train_loss, train_acc = evaluate(model, train)
@@ -100,7 +104,8 @@ def run_one(job: dict) -> dict:
 
 
 def jobs_for(grid: dict, args) -> list[dict]:
-    common = dict(max_epochs=args.max_epochs, depth=args.depth, train_subset=args.train_subset,
+    common = dict(max_epochs=args.max_epochs, depth=args.depth, patch_size=args.patch_size,
+                  train_subset=args.train_subset,
                   measure_samples=args.measure_samples, data_dir=str(args.data_dir), device=args.device,
                   sharpness_samples=1 if args.quick else 3, sharpness_steps=3 if args.quick else 10,
                   test_subset=500 if args.quick else None)
@@ -172,6 +177,7 @@ def main(argv=None) -> dict:
         (("--widths",), dict(type=int, nargs="+", default=None, help="token widths d (default 64)")),
         (("--seeds",), dict(type=int, nargs="+", default=None, help="grid seeds (default 0 1)")),
         (("--depth",), dict(type=int, default=None, help=f"layers (default {DEPTH})")),
+        (("--patch-size",), dict(type=int, default=PATCH, help=f"patch size (default {PATCH}: 17 tokens per image)")),
         (("--train-subset",), dict(type=int, default=None, help="training images (default 500)")),
         (("--measure-samples",), dict(type=int, default=None, help="training images measured (default 500)")),
         (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 200)"))])
@@ -213,7 +219,8 @@ def main(argv=None) -> dict:
     reached = sum(bool(m["reached"]) for m in models)
     payload = summary(NAME, args, started, dataset="cifar10 (JPEG)", data_dir=str(args.data_dir),
                       grid={k: list(v) for k, v in grid.items()}, widths=args.widths, seeds=args.seeds,
-                      depth=args.depth, heads=HEADS, tokens_per_image=65, train_subset=args.train_subset,
+                      depth=args.depth, heads=HEADS, patch_size=args.patch_size,
+                      tokens_per_image=(32 // args.patch_size) ** 2 + 1, train_subset=args.train_subset,
                       test_images=models[0]["n_test"] if models else None, measure_samples=args.measure_samples,
                       n_models=len(models), target_train_ce=TARGET_LOSS, max_epochs=args.max_epochs,
                       reached_target=reached, max_train_ce=max(m["train_ce"] for m in models),
