@@ -144,3 +144,20 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model(x).square().sum().backward()
     for a, p in zip(plain, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-6)
+
+
+def test_layer_decay_scales_each_depth_and_covers_every_parameter_once():
+    from srr.models import param_groups
+
+    model = small()  # depth 2
+    groups = param_groups(model, 0.05, layer_decay=0.5, lr=1.0)
+    assert groups[0]["lr"] == 1.0  # the head's first: the schedule's reference rate
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert sorted(by_name) == sorted(n for n, _ in model.named_parameters())
+    assert by_name["mlp_head.1.weight"]["lr_scale"] == 1.0
+    assert by_name["transformer.layers.1.0.fn.qkv.weight"]["lr_scale"] == 0.5
+    assert by_name["transformer.layers.0.0.fn.qkv.weight"]["lr_scale"] == 0.25
+    assert by_name["pos_embedding"]["lr_scale"] == by_name["to_patch_embedding.2.weight"]["lr_scale"] == 0.125
+    assert by_name["pos_embedding"]["weight_decay"] == 0.0 and by_name["to_patch_embedding.2.weight"]["weight_decay"]
+    with pytest.raises(ValueError, match="layer_decay"):
+        param_groups(model, 0.05, layer_decay=0.0, lr=1.0)

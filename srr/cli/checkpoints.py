@@ -28,6 +28,31 @@ def load_model(path: Path, device):
     return model, extra.get("train_config")
 
 
+def load_any(checkpoint: Path | None, *, model_name: str | None, pretrained: Path | None, device):
+    """``(path, model, train config or None)`` from an srr run/checkpoint (``checkpoint``) or from weights
+    that are not an srr run (``--model NAME --pretrained PATH``: public CRATE, safetensors, a folder)."""
+    from srr.models import create_model
+
+    if pretrained is None:
+        path = resolve_checkpoint(checkpoint)
+        return (path, *load_model(path, device))
+    model = create_model(model_name, pretrained=pretrained).to(device).eval()
+    return pretrained, model, None
+
+
+def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained: Path | None) -> None:
+    """The usage rules of CHECKPOINT / ``--model`` / ``--pretrained`` (a ValueError, exit code 2)."""
+    from srr.models import list_models
+
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("pass either CHECKPOINT (an srr run or checkpoint) or --pretrained PATH (with --model NAME "
+                         "for a public CRATE checkpoint), not both and not neither")
+    if pretrained is None and model_name is not None:
+        raise ValueError("--model goes with --pretrained; an srr CHECKPOINT knows its own model")
+    if model_name is not None and model_name not in list_models():
+        raise ValueError(f"unknown model {model_name!r}; valid models: {', '.join(list_models())}")
+
+
 def load_split(model, train_config: dict | None, *, split: str, dataset: str | None, data_dir, download: bool):
     """The ``split`` (train, val, test) of the dataset ``model`` was trained on (or ``dataset``),
     un-augmented, at the model's image size."""

@@ -8,12 +8,19 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .errors import stdout, user_errors
+from .errors import USAGE, stdout, user_errors
 
 
 def eval_command(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses "
-                                                                          "its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        metavar="[CHECKPOINT]", help="An srr checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt). "
+                                     "Or leave it out and pass --pretrained.")] = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
+                        "(a public CRATE .pth), e.g. crate_tiny.")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(
+        help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
+             "save_pretrained folder. Needs --dataset.")] = None,
     split: Annotated[str, typer.Option(help="train, val (held out by srr train) or test.")] = "test",
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset. Default: the one the checkpoint was trained on.")] = None,
@@ -29,14 +36,15 @@ def eval_command(
     from srr.train import evaluate
     from srr.train.distributed import resolve_device
 
-    from .checkpoints import load_model, load_split, resolve_checkpoint
+    from .checkpoints import check_source, load_any, load_split
 
-    with user_errors():
+    with user_errors(USAGE):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
+        check_source(checkpoint, model_name=model_name, pretrained=pretrained)
+    with user_errors():
         dev = resolve_device(device)
-        path = resolve_checkpoint(checkpoint)
-        model, train_config = load_model(path, dev)
+        path, model, train_config = load_any(checkpoint, model_name=model_name, pretrained=pretrained, device=dev)
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
         metrics = evaluate(model, data, device=dev, batch_size=batch_size)
     name = dataset or (train_config or {}).get("dataset")

@@ -20,8 +20,15 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def measure_command(
-    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="A checkpoint (.pt) or a run folder (uses "
-                                                                          "its checkpoints/latest.pt).")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(
+        metavar="[CHECKPOINT]", help="An srr checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt). "
+                                     "Or leave it out and pass --pretrained.")] = None,
+    model_name: Annotated[Optional[str], typer.Option(
+        "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
+                        "(a public CRATE .pth), e.g. crate_tiny.")] = None,
+    pretrained: Annotated[Optional[Path], typer.Option(
+        help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
+             "save_pretrained folder. Needs --dataset.")] = None,
     split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
     samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
     eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
@@ -42,7 +49,7 @@ def measure_command(
     from srr.measurement import measure
     from srr.train.distributed import resolve_device
 
-    from .checkpoints import load_model, load_split, resolve_checkpoint
+    from .checkpoints import check_source, load_any, load_split
 
     with user_errors(USAGE):
         if fmt not in FORMATS:
@@ -50,10 +57,10 @@ def measure_command(
         for name, value in (("samples", samples), ("batch-size", batch_size)):
             if value < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
+        check_source(checkpoint, model_name=model_name, pretrained=pretrained)
     with user_errors():
         dev = resolve_device(device)
-        path = resolve_checkpoint(checkpoint)
-        model, train_config = load_model(path, dev)
+        path, model, train_config = load_any(checkpoint, model_name=model_name, pretrained=pretrained, device=dev)
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
         table = measure(model, data, eps=eps, lam=lam, limit=samples, batch_size=batch_size, device=dev,
                         progress=fmt == "table")

@@ -66,6 +66,15 @@ def train(
         help="The model's own ε (not ε²): the distortion of R^c in the crate_exact and crate_derived layers "
              "(CRATEConfig.eps). Not the regulariser's: see --srr-eps. Default: the model's own.",
         rich_help_panel="Model")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Fine-tune from these weights: a save_pretrained folder, a run folder, a checkpoint, a .safetensors "
+             "file or a public CRATE .pth (then --model names its architecture). A new class count gets a new "
+             "head, a new image size an interpolated position embedding.",
+        rich_help_panel="Model")] = None,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        "--grad-checkpointing",
+        help="Recompute each layer's activations in the backward pass (less memory, ~30% more time).",
+        rich_help_panel="Model")] = False,
     # data
     dataset: Annotated[str, typer.Option(
         help="digits (bundled, default), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder.",
@@ -112,6 +121,10 @@ def train(
     grad_clip: Annotated[float, typer.Option(
         help="Clip the global gradient norm to this; 0 disables.",
         rich_help_panel="Optimisation")] = 1.0,
+    layer_decay: Annotated[Optional[float], typer.Option(
+        help="Layer-wise learning-rate decay in (0, 1] for fine-tuning: layer l of L gets lr*decay^(L-l), "
+             "the embeddings lr*decay^(L+1), the head lr. Default: off.",
+        rich_help_panel="Optimisation")] = None,
     # SRR
     srr_weight: Annotated[float, typer.Option(
         help="η_reg, weight of the SRR regulariser; 0 disables it.",
@@ -178,6 +191,8 @@ def train(
             check_names(model=model, dataset=dataset, variant=variant)
             config = TrainConfig(
                 model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
+                init_from=None if init_from is None else str(init_from), grad_checkpointing=grad_checkpointing,
+                layer_decay=layer_decay,
                 dataset=dataset,
                 data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,
                 image_size=image_size, val_fraction=val_fraction, train_subset=train_subset, num_workers=workers,

@@ -28,6 +28,8 @@ class TrainConfig(ConfigBase):
     patch_size: int | None = None  # None: the registry entry's own
     dropout: float | None = None  # None: the registry entry's own
     model_eps: float | None = None  # the model's own ε (CRATEConfig.eps: crate_exact/crate_derived); None: its own
+    init_from: str | None = None  # weights to fine-tune from (create_model(pretrained=...)): new head/size adapted
+    grad_checkpointing: bool = False  # recompute layer activations in backward (memory for time)
     # data
     dataset: str = "digits"
     data_dir: str | None = None  # None: $SRR_DATA_DIR, else ./data
@@ -48,6 +50,7 @@ class TrainConfig(ConfigBase):
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.1
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    layer_decay: float | None = None  # layer-wise lr decay in (0, 1] (layer ℓ of L: lr·decay^(L−ℓ)); None: off
     # SRR regularisation (MATH.md §6)
     srr_weight: float = 1e-3  # η_reg; 0 disables the regulariser
     srr_layers: str = "last"  # "last", "all" or comma-separated layer indices, e.g. "0,3"
@@ -91,6 +94,8 @@ class TrainConfig(ConfigBase):
             check_number(self.dropout, "dropout", low=0, high=1)
         if self.grad_clip is not None:
             check_positive(self.grad_clip, "grad_clip")
+        if self.layer_decay is not None:
+            check_number(self.layer_decay, "layer_decay", low=0, high=1, low_open=True)
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         parse_layers(self.srr_layers)
         for name in ("model", "dataset", "device"):

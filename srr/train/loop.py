@@ -126,10 +126,13 @@ class _Trainer:
         seed_everything(config.seed)  # identical data and initial weights on every rank
         self.data: RunData = load_run_data(config)
         info = self.data.info
+        init = config.init_from if self.checkpoint is None else None  # a resumed run has its own weights
         self.model = create_model(
             config.model, num_classes=info.num_classes, image_size=info.image_size, in_chans=info.in_chans,
-            **config.model_overrides(),
+            pretrained=init, **config.model_overrides(),
         ).to(env.device)
+        if config.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
         self.batches = TrainBatches(
             self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
             world_size=env.world_size, num_workers=config.num_workers, pin_memory=env.device.type == "cuda",

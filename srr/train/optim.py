@@ -12,8 +12,8 @@ from .schedule import WarmupCosine
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay)
-    groups = [g for g in groups if g["params"]]
+    groups = param_groups(model, config.weight_decay, layer_decay=config.layer_decay, lr=config.lr)
+    groups = [g for g in groups if g["params"]]  # with layer decay the first is the head's, at the full rate
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     if config.optimizer == "adam":
