@@ -137,10 +137,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, extra: Mapping
 
 
 def create_from_checkpoint(path: str | os.PathLike, *, name: str | None, build: Callable[..., nn.Module],
-                           **given) -> nn.Module:
-    """Rebuild (ours) or build-then-load (public) a model from ``path``; used by ``create_model``."""
+                           model_class: Callable[..., nn.Module], **given) -> nn.Module:
+    """Rebuild (ours, as ``model_class(config)``) or build-then-load (public) a model from ``path``; used by
+    ``create_model``, which passes ``CRATE`` (so that this module never imports the model)."""
     from srr.models.config import CRATEConfig
-    from srr.models.crate import CRATE
 
     obj = read_checkpoint(path)
     source = f"checkpoint {str(path)!r}"
@@ -154,7 +154,7 @@ def create_from_checkpoint(path: str | os.PathLike, *, name: str | None, build: 
             raise CheckpointError(f"{source} holds an invalid config: {e}") from e
         if name is not None and config.name is not None and name != config.name:
             raise CheckpointError(f"{source} holds model {config.name!r}, but create_model was asked for {name!r}")
-        model = CRATE(config.replace(**given) if given else config)
+        model = model_class(config.replace(**given) if given else config)
         return load_state_dict_strict(model, obj["state_dict"], source=source)
     if name is None:
         raise CheckpointError(f"{source} is not an srr checkpoint (no config inside); pass the model name, e.g. "

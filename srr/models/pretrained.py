@@ -101,14 +101,14 @@ def _read_safetensors(path: Path, *, config_file: Path) -> tuple[dict | None, di
     return config, unwrap_state_dict(state_dict), source
 
 
-def load_pretrained(path: str | os.PathLike, *, name: str | None, build, **given) -> nn.Module:
+def load_pretrained(path: str | os.PathLike, *, name: str | None, build, model_class, **given) -> nn.Module:
     """The model ``name`` (or the one the file's config describes) with the weights at ``path``.
 
     ``given`` overrides the config (or the registry entry's defaults). Of those, ``num_classes``
     and ``image_size`` may differ from the weights' (a new head; an interpolated position
-    embedding); every other mismatch is a ``CheckpointError``.
+    embedding); every other mismatch is a ``CheckpointError``. ``model_class(config)`` builds a model from
+    a stored config (``create_model`` passes ``CRATE``; this module never imports the model).
     """
-    from srr.models.crate import CRATE
 
     config, state_dict, source = read_pretrained(path)
     if config is not None:
@@ -118,7 +118,7 @@ def load_pretrained(path: str | os.PathLike, *, name: str | None, build, **given
             raise CheckpointError(f"{source} holds an invalid config: {e}") from e
         if name is not None and config.name is not None and name != config.name:
             raise CheckpointError(f"{source} holds model {config.name!r}, but {name!r} was asked for")
-        model = CRATE(config.replace(**given) if given else config)
+        model = model_class(config.replace(**given) if given else config)
     elif name is None:
         raise CheckpointError(f"{source} holds a bare state dict (no config inside); pass the model name, e.g. "
                               f"create_model('crate_tiny', pretrained=...), to load it as a public CRATE checkpoint")

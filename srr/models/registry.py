@@ -14,6 +14,7 @@ from torch import nn
 
 from srr._checks import check_choice
 from srr.models.config import VARIANTS
+from srr.models.crate import CRATE
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -70,11 +71,11 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
     if pretrained is not None:
         from srr.models.pretrained import load_pretrained
 
-        return load_pretrained(pretrained, name=name, build=_build, **given)
+        return load_pretrained(pretrained, name=name, build=_build, model_class=CRATE, **given)
     if checkpoint is not None:
         from srr.models.checkpoints import create_from_checkpoint
 
-        return create_from_checkpoint(checkpoint, name=name, build=_build, **given)
+        return create_from_checkpoint(checkpoint, name=name, build=_build, model_class=CRATE, **given)
     if name is None:
         raise ValueError(f"name is required without a checkpoint; registered models: {list_models()}")
     return _build(name, **given)
