@@ -392,3 +392,17 @@ def test_the_guides_tssa_section_derives_the_layer_in_under_ten_lines():
     namespace: dict = {}
     exec(compile(code, "guide-derive.md", "exec"), namespace)  # noqa: S102 (its own assert checks the step)
     assert "VariationalCompressedCodingRate" in code and "TSSA" in code
+
+
+@pytest.mark.slow  # one fresh process per (layer, N, pass): ~30 s
+def test_scaling_benchmark_quick_mode_writes_its_results(tmp_path):
+    from experiments.bench.bench_tssa import LAYERS, PASSES, main
+
+    payload = main(["--quick", "--tokens", "64", "128", "--out", str(tmp_path)])
+    for name in ("runs.csv", "table.md", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["quick"] is True and saved["command"].startswith("python -m experiments.bench.bench_tssa")
+    assert len(payload["rows"]) == 2 * len(LAYERS) * len(PASSES)
+    assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in payload["rows"])
+    assert set(saved["tssa_overtakes_sdpa_at"]) == set(PASSES)

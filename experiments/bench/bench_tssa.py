@@ -1,0 +1,143 @@
+"""Cost against the number of tokens (issue 14): TSSA vs softmax MSSA (SDPA) vs exact compression.
+
+Time (best of ``--repeats`` after a warm-up) and peak memory of one compression layer at d = 384,
+K = 6, batch 1, for N = 256 … 16,384 tokens: ``forward`` (no grad) and ``train`` (forward + backward
+into the input and every parameter). TSSA (``srr.layers.TSSA``, E13) is linear in N; SDPA
+(``srr.layers.MSSA``) quadratic in time; the exact step (``srr.layers.ExactCompression``, E6) linear
+with p×p solves. Each (layer, N, pass) runs in a fresh process; CPU peak memory is its peak resident
+set above the inputs and weights (CUDA: ``max_memory_allocated``).
+
+    python -m experiments.bench.bench_tssa [--quick] [--device cpu|cuda] [--threads T] [--repeats R] [--tokens N ...]
+
+Writes ``experiments/results/tssa_scaling/`` (``--quick``: ``.../quick/``): ``runs.csv``, ``table.md``,
+``summary.json`` (command, machine, TSSA's time ratio over the N range, where TSSA overtakes SDPA).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+from experiments._common import markdown_table, parse_args, summary, write_csv, write_json
+
+NAME = "tssa_scaling"
+LAYERS = ("tssa", "sdpa", "exact")
+PASSES = ("forward", "train")
+FULL_TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+QUICK_TOKENS = (256, 1024)
+
+
+def make_layer(name: str, dim: int, heads: int) -> torch.nn.Module:
+    from srr.layers import MSSA, TSSA, ExactCompression
+
+    if name == "tssa":
+        return TSSA(dim, heads=heads)
+    if name == "sdpa":
+        return MSSA(dim, heads=heads)
+    return ExactCompression(dim, heads=heads, eps=0.5, step_size=0.1)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _measure(name: str, tokens: int, mode: str, dim: int, heads: int, device: str, threads: int, repeats: int,
+             queue) -> None:
+    """One (layer, N, pass) in this fresh process: peak memory of the first run, then the best time."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    layer = make_layer(name, dim, heads).to(dev)
+    x = torch.randn(1, tokens, dim, device=dev, requires_grad=mode == "train")
+
+    def run():
+        if mode == "forward":
+            with torch.no_grad():
+                layer(x)
+        else:
+            layer(x).square().sum().backward()
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+    run()
+    peak = (torch.cuda.max_memory_allocated() - base if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    queue.put({"layer": name, "tokens": tokens, "pass": mode, "seconds": best, "peak_mib": max(peak, 0) / 2**20})
+
+
+def measure(name: str, tokens: int, mode: str, *, dim: int, heads: int, device: str, threads: int,
+            repeats: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_measure, args=(name, tokens, mode, dim, heads, device, threads, repeats, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def crossover(rows: list[dict], mode: str) -> int | None:
+    """The smallest N from which TSSA is faster than SDPA at every larger N measured (None: never)."""
+    times = {(r["layer"], r["tokens"]): r["seconds"] for r in rows if r["pass"] == mode}
+    Ns = sorted({n for _, n in times})
+    faster = [times[("tssa", n)] < times[("sdpa", n)] for n in Ns]
+    for i, n in enumerate(Ns):
+        if all(faster[i:]):
+            return n
+    return None
+
+
+def main(argv=None) -> dict:
+    args = parse_args(NAME, __doc__, argv, extra=[
+        (("--device",), dict(default="cpu", help="cpu or cuda")),
+        (("--repeats",), dict(type=int, default=None, help="timed runs after the warm-up (default 3; quick 1)")),
+        (("--tokens",), dict(type=int, nargs="+", default=None, help="token counts N (default 256 … 16384; "
+                                                                     "quick 256 1024)")),
+    ])
+    started = time.perf_counter()
+    tokens = tuple(args.tokens or (QUICK_TOKENS if args.quick else FULL_TOKENS))
+    repeats = args.repeats or (1 if args.quick else 3)
+    dim, heads = 384, 6
+    rows = []
+    for n in tokens:
+        for name in LAYERS:
+            for mode in PASSES:
+                row = measure(name, n, mode, dim=dim, heads=heads, device=args.device, threads=args.threads,
+                              repeats=repeats)
+                rows.append(row)
+                print(f"{name:5s} N={n:6d} {mode:7s} {row['seconds'] * 1e3:9.2f} ms {row['peak_mib']:9.1f} MiB",
+                      flush=True)
+    write_csv(args.out / "runs.csv", rows)
+    times = {(r["layer"], r["tokens"], r["pass"]): r["seconds"] for r in rows}
+    lo, hi = min(tokens), max(tokens)
+    growth = {f"{name}_{mode}": times[(name, hi, mode)] / times[(name, lo, mode)] for name in LAYERS for mode in PASSES}
+    table = [{"N": r["tokens"], "layer": r["layer"], "pass": r["pass"], "ms": r["seconds"] * 1e3,
+              "peak MiB": r["peak_mib"]} for r in rows]
+    (args.out / "table.md").write_text(markdown_table(table, ["N", "layer", "pass", "ms", "peak MiB"],
+                                                      {"ms": ".2f", "peak MiB": ".1f"}) + "\n")
+    payload = summary(NAME, args, started, device=args.device, dim=dim, heads=heads, batch=1, tokens=list(tokens),
+                      repeats=repeats, token_ratio=hi / lo, time_ratio=growth,
+                      tssa_overtakes_sdpa_at={mode: crossover(rows, mode) for mode in PASSES}, rows=rows)
+    payload["command"] = " ".join(["python -m experiments.bench.bench_tssa", *args.argv])
+    write_json(args.out / "summary.json", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
