@@ -15,9 +15,9 @@ measurement / regularisation → training → CLI (see ``docs/architecture.md``)
 from srr import objective
 from srr.rates import (Sparsity, coding_rate, coding_rate_grad, compressed_coding_rate,
                        compressed_coding_rate_grad, crate_vis_compressed_coding_rate, rate_reduction,
-                       sparse_rate_reduction, sparsity)
+                       sparse_rate_reduction, sparsity, variational_compressed_coding_rate)
 from srr.derivation import DerivedLayer, derive, derive_step
-from srr.layers import ISTA, MSSA, CheckReport, ExactCompression, OvercompleteISTA, check
+from srr.layers import ISTA, MSSA, TSSA, CheckReport, ExactCompression, OvercompleteISTA, check
 from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create_model, list_models,
                         list_variants, load_public_state_dict, param_groups, register_model, save_checkpoint)
 from srr.measurement import SRRRegularizer, measure
@@ -31,9 +31,9 @@ __all__ = [
     "objective",
     "coding_rate", "compressed_coding_rate", "rate_reduction", "sparsity", "Sparsity",
     "sparse_rate_reduction", "coding_rate_grad", "compressed_coding_rate_grad",
-    "crate_vis_compressed_coding_rate",
+    "crate_vis_compressed_coding_rate", "variational_compressed_coding_rate",
     "derive_step", "derive", "DerivedLayer",
-    "MSSA", "ExactCompression", "ISTA", "OvercompleteISTA", "check", "CheckReport",
+    "MSSA", "ExactCompression", "TSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport",
     "CRATE", "CRATEConfig", "LayerTokens", "create_model", "list_models", "list_variants", "register_model",
     "save_checkpoint", "load_public_state_dict", "CheckpointError", "param_groups",
     "measure", "SRRRegularizer", "generalization",
