@@ -22,6 +22,7 @@ from srr.models import (CRATE, CheckpointError, CRATEConfig, LayerTokens, create
                         list_variants, load_public_state_dict, param_groups, register_model, save_checkpoint)
 from srr.measurement import SRRRegularizer, measure
 from srr import generalization
+from srr import visualize
 from srr import train
 from srr.train import RunResult, TrainConfig
 
@@ -36,6 +37,6 @@ __all__ = [
     "MSSA", "ExactCompression", "TSSA", "ISTA", "OvercompleteISTA", "check", "CheckReport",
     "CRATE", "CRATEConfig", "LayerTokens", "create_model", "list_models", "list_variants", "register_model",
     "save_checkpoint", "load_public_state_dict", "CheckpointError", "param_groups",
-    "measure", "SRRRegularizer", "generalization",
+    "measure", "SRRRegularizer", "generalization", "visualize",
     "train", "TrainConfig", "RunResult",
 ]

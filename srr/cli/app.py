@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from .attention import attention_command
 from .bench import bench_command
 from .derive import derive_command
 from .evaluate import eval_command
@@ -26,6 +27,7 @@ app.command("measure")(measure_command)
 app.command("derive")(derive_command)
 app.command("models")(models_command)
 app.command("bench")(bench_command)
+app.command("attention")(attention_command)
 
 
 class _NoteHandler(logging.Handler):

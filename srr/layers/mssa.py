@@ -93,9 +93,14 @@ class MSSA(nn.Module):
         N×N softmax (E8 has no objective to derive it from). Dropout on the attention weights as in
         the public code."""
         a = self.qkv(x).unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)  # (..., K, N, p)
-        attn = torch.softmax(a @ a.mT * self.temperature, dim=-1)  # (..., K, N, N)
-        attn = F.dropout(attn, self.dropout, self.training)
+        attn = F.dropout(self.attention(x), self.dropout, self.training)  # (..., K, N, N)
         return self._output((attn @ a).transpose(-3, -2).flatten(-2))
+
+    def attention(self, x: Tensor) -> Tensor:
+        """The explicit maps ``softmax(τ A_k A_kᵀ)`` of (E8), ``(..., N, d) -> (..., K, N, N)``; each row sums
+        to 1. Only :meth:`reference` and visualisation compute them; ``forward`` stays fused."""
+        a = self.qkv(x).unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)  # (..., K, N, p)
+        return torch.softmax(a @ a.mT * self.temperature, dim=-1)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, head_dim={self.head_dim}, output={self.output!r}, "
