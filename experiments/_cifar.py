@@ -14,7 +14,9 @@ are one token set, the papers' form):
   ‖Z^{ℓ+1}‖₀ as a raw count per image and the fraction of zeros;
 - **yu23** (YU23's figures, MATH.md §5c): R^c of the MSSA input LN₁(Z^ℓ) projected by U^ℓ with each
   head's token vectors unit-normalised and ε² = 0.01 (:func:`srr.crate_vis_compressed_coding_rate`),
-  and the same at the ISTA input of the next half-step.
+  and LN₁ applied to Z^{ℓ+½};
+- **tost** layers also: R^c_var (E12) of Z^ℓ and Z^{ℓ+½} with the layer's own membership Π (held fixed),
+  does the TSSA half-step lower its own objective?
 """
 from __future__ import annotations
 
@@ -96,6 +98,10 @@ def layer_stats(net, images: Tensor, *, batch_size: int = 256) -> list[dict]:
             parts["Rc_yu23_in"] = srr.crate_vis_compressed_coding_rate(t.mssa_input.double(), U.double(), 0.01)
             parts["Rc_yu23_half"] = srr.crate_vis_compressed_coding_rate(
                 block[0].norm(t.half).double(), U.double(), 0.01)
+            if hasattr(block.compression, "membership"):  # TSSA (tost): its own objective, Π held fixed (E12)
+                Pi = block.compression.membership(t.mssa_input).double()
+                parts["Rcvar_in[0.1]"] = srr.variational_compressed_coding_rate(t.input.double(), U.double(), Pi, 0.1)
+                parts["Rcvar_half[0.1]"] = srr.variational_compressed_coding_rate(t.half.double(), U.double(), Pi, 0.1)
             for k, v in parts.items():
                 row[k] = row.get(k, 0.0) + float(v.sum())
     net.train(was)

@@ -1,6 +1,6 @@
 """Experiment — layer-wise compression and sparsity on CIFAR-10 (YU23 Figs. 3–4; HU24 Figs. 2–3).
 
-For each variant (crate, crate_c, crate_n, crate_t, crate_exact, crate_alpha) a ``crate_micro``-
+For each variant (crate, crate_c, crate_n, crate_t, crate_exact, crate_alpha, and ToST's ``tost``) a ``crate_micro``-
 shaped CRATE (``--width`` 64, ``--depth`` 6, 4 heads, patch 4: 65 tokens per image) is trained on
 the full CIFAR-10 (JPEG) training set with augmentation (Adam 1e-3, cosine, batch 128) and
 measured at initialisation and after every epoch on ``--samples`` un-augmented training images,
@@ -29,7 +29,7 @@ from experiments._common import markdown_table, parse_args, pyplot, read_csv, su
 from experiments._pool import run_jobs
 
 NAME = "layerwise"
-VARIANTS = ("crate", "crate_c", "crate_n", "crate_t", "crate_exact", "crate_alpha")
+VARIANTS = ("crate", "crate_c", "crate_n", "crate_t", "crate_exact", "crate_alpha", "tost")
 BATCH, LR = 128, 1e-3
 
 
@@ -90,6 +90,10 @@ def table_rows(results: list[dict], layers: list[dict]) -> list[dict]:
             "yu23: MSSA lowers Rc, trained": _count(end, "Rc_yu23_in", "Rc_yu23_half"),
             "zeros, layer 0 → L-1, init": _trend(init, "zero_fraction", ".3f"),
             "zeros, trained": _trend(end, "zero_fraction", ".3f"),
+            "TSSA lowers Rc_var, init": _count(init, "Rcvar_in[0.1]", "Rcvar_half[0.1]") if "Rcvar_in[0.1]" in init[0]
+            else "-",
+            "TSSA lowers Rc_var, trained": _count(end, "Rcvar_in[0.1]", "Rcvar_half[0.1]") if "Rcvar_in[0.1]" in end[0]
+            else "-",
         })
     return table
 
