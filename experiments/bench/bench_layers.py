@@ -1,7 +1,7 @@
 """Benchmark of the hand-optimised layers (issue 3) on CRATE-Tiny and CRATE-Base layer shapes.
 
 1. Exact compression step: ``ExactCompression.step`` (closed form E6) against the derived step
-   ``srr.derive.derive(CompressedCodingRate)`` (autodiff of R^c), forward+backward.
+   ``srr.derive(CompressedCodingRate)`` (autodiff of R^c), forward+backward.
 2. CRATE block ``x ↦ ISTA(LN₂(x + MSSA(LN₁(x))))``: ours (SDPA softmax MSSA, one-matmul ISTA E10')
    against a straight re-implementation of the public code's block (explicit N×N softmax,
    three-matmul ISTA), forward+backward and inference. On CUDA both run under bf16 autocast.
