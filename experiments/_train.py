@@ -1,11 +1,11 @@
-"""A small in-memory training loop for the experiments (digits and synthetic subspaces on a CPU).
+"""A small in-memory training loop for the experiments (CIFAR-10, digits, synthetic subspaces; CPU or GPU).
 
 ``srr train`` (``srr.train.train``) is the library's loop: run folders, checkpoints, resume,
 schedules. The experiments train hundreds of tiny models and need what it does not do — stop
 when the training cross-entropy reaches a target (HU24 §5's criterion) and hand back the
 model in memory — so they use this loop: plain cross-entropy (no label smoothing), whole data
 sets as tensors, minibatches from a seeded generator, optionally plus an
-:class:`srr.measure.SRRRegularizer` term, exactly as ``docs/guide-regularize.md`` shows.
+:class:`srr.measurement.SRRRegularizer` term, exactly as ``docs/guide-regularize.md`` shows.
 """
 from __future__ import annotations
 
