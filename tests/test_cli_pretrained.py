@@ -99,3 +99,29 @@ def test_source_options_are_usage_errors(public):
         result = run("eval", *args, "--dataset", "digits")
         assert result.exit_code == 2, result.output
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ----- what a new user trips over -------------------------------------------------------------------
+TINY = ["--epochs", 1, "--batch-size", 32, "--train-subset", 64, "--measure-samples", 0, "--threads", 1,
+        "--device", "cpu", "--quiet"]
+
+
+def test_resume_applies_more_epochs_and_refuses_other_changes_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--out", out, *TINY).exit_code == 0
+    result = run("train", "--out", out, "--resume", "--lr", 0.1, "--quiet")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--lr (run has 0.003, given 0.1)" in lines[0]
+    result = run("train", "--out", out, "--resume", "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_version():
+    import srr
+
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith(f"srr {srr.__version__} (torch ")

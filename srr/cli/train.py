@@ -27,6 +27,28 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
         raise fail(f"unknown variant {variant!r}; valid variants: {', '.join(list_variants())}", USAGE)
 
 
+def resumed_config(context: typer.Context, saved, options):
+    """The saved config of the run to resume, with the run-control options of this call and those options
+    given on the command line that may change (more ``--epochs``); any other given option that differs
+    from the run's is refused in one line naming it (never silently ignored)."""
+    from srr.train.loop import RESUMABLE, RUN_CONTROL
+
+    fields = {"workers": "num_workers"}
+    given = {fields.get(name, name) for name in context.params  # by name: typer may bring its own click
+             if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"}
+    changed = {f: getattr(options, f) for f in sorted(given & set(saved.field_names()) - RUN_CONTROL)
+               if getattr(options, f) != getattr(saved, f)}
+    refused = [f for f in changed if f not in RESUMABLE]
+    if refused:
+        details = ", ".join(f"--{f.replace('_', '-')} (run has {getattr(saved, f)!r}, given {changed[f]!r})"
+                            for f in refused)
+        raise fail(f"--resume continues a run with its own settings; cannot change {details}; only "
+                   f"{', '.join('--' + f.replace('_', '-') for f in sorted(RESUMABLE))} may change (start a new run "
+                   f"with another --out, or --init-from this one)", USAGE)
+    return saved.replace(resume=True, out=options.out, device=options.device, num_workers=options.num_workers,
+                         compile=options.compile, threads=options.threads, **changed)
+
+
 def summary_table(result) -> Table:
     config = result.config
     table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
@@ -48,6 +70,7 @@ def summary_table(result) -> Table:
 
 
 def train(
+    ctx: typer.Context,
     # model
     model: Annotated[str, typer.Option(
         help="Model name from the registry (see: srr models).",
@@ -178,6 +201,22 @@ def train(
 
     console = stdout() if is_rank_zero() else None
     with user_errors(USAGE):
+        if not resume:
+            check_names(model=model, dataset=dataset, variant=variant)
+        options = TrainConfig(
+            model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
+            init_from=None if init_from is None else str(init_from), grad_checkpointing=grad_checkpointing,
+            layer_decay=layer_decay,
+            dataset=dataset,
+            data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,
+            image_size=image_size, val_fraction=val_fraction, train_subset=train_subset, num_workers=workers,
+            epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay,
+            warmup=warmup, optimizer=optimizer, momentum=momentum, label_smoothing=label_smoothing,
+            grad_clip=grad_clip if grad_clip > 0 else None, srr_weight=srr_weight, srr_layers=srr_layers,
+            srr_eps=srr_eps, srr_lam=srr_lam, measure_samples=measure_samples,
+            out=None if out is None else str(out), seed=seed, device=device, amp=amp, compile=compile,
+            resume=False, checkpoint_every=checkpoint_every, deterministic=deterministic, threads=threads,
+        )
         if resume:
             if out is None:
                 raise fail("--resume needs --out RUN_DIR, the folder of the run to continue", USAGE)
@@ -185,24 +224,9 @@ def train(
             if not config_path.is_file():
                 raise fail(f"--resume: {out} is not a run folder (no {config_path}); pass the --out of an earlier "
                            f"srr train run", USAGE)
-            config = TrainConfig.load(config_path).replace(
-                resume=True, out=str(out), device=device, num_workers=workers, compile=compile, threads=threads)
+            config = resumed_config(ctx, TrainConfig.load(config_path), options)
         else:
-            check_names(model=model, dataset=dataset, variant=variant)
-            config = TrainConfig(
-                model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
-                init_from=None if init_from is None else str(init_from), grad_checkpointing=grad_checkpointing,
-                layer_decay=layer_decay,
-                dataset=dataset,
-                data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,
-                image_size=image_size, val_fraction=val_fraction, train_subset=train_subset, num_workers=workers,
-                epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, weight_decay=weight_decay,
-                warmup=warmup, optimizer=optimizer, momentum=momentum, label_smoothing=label_smoothing,
-                grad_clip=grad_clip if grad_clip > 0 else None, srr_weight=srr_weight, srr_layers=srr_layers,
-                srr_eps=srr_eps, srr_lam=srr_lam, measure_samples=measure_samples,
-                out=None if out is None else str(out), seed=seed, device=device, amp=amp, compile=compile,
-                resume=False, checkpoint_every=checkpoint_every, deterministic=deterministic, threads=threads,
-            )
+            config = options
     with user_errors():
         result = run_training(config, console=console if progress else None)
     if console is not None:

@@ -44,6 +44,9 @@ from .state import capture_rng, restore_rng, seed_everything
 # Options that may differ between a run and its resumption: they do not change the arithmetic.
 # (A different thread count may change float rounding: exact resume wants the same one.)
 RUN_CONTROL = {"out", "resume", "device", "num_workers", "compile", "threads"}
+# Options a resumed run may change, applied and recorded in config.json: more epochs (the cosine
+# schedule stretches to the new end from the step reached), another checkpoint interval.
+RESUMABLE = {"epochs", "checkpoint_every"}
 EVAL_BATCH = 512
 
 
@@ -176,7 +179,7 @@ class _Trainer:
             checkpoint = load_training_checkpoint(run.latest)
             saved = checkpoint["extra"].get("train_config", {})
             differing = sorted(k for k, v in config.to_dict().items()
-                               if k not in RUN_CONTROL and k in saved and saved[k] != v)
+                               if k not in RUN_CONTROL | RESUMABLE and k in saved and saved[k] != v)
             if differing:
                 details = ", ".join(f"{k}: run has {saved[k]!r}, given {getattr(config, k)!r}" for k in differing)
                 raise ValueError(f"--resume must continue the run with its own settings; these differ: {details}")
@@ -190,7 +193,13 @@ class _Trainer:
         extra = checkpoint["extra"]
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
+        schedule, saved = dict(extra["scheduler"]), extra.get("train_config", {})
+        changed = sorted(k for k in RESUMABLE if k in saved and saved[k] != getattr(self.config, k))
+        if "epochs" in changed:
+            schedule["total_steps"] = self.config.epochs * len(self.batches)
+        self.scheduler.load_state_dict(schedule)
+        if changed and self.env.is_main:  # applied, and recorded
+            self.run_dir.write_config(self.config.to_dict())
         progress = extra["progress"]
         self.epoch, self.batch_in_epoch = int(progress["epoch"]), int(progress["batch_in_epoch"])
         self.global_step = int(progress["global_step"])
