@@ -45,7 +45,8 @@ QUICK_GRID = dict(variant=("crate", "crate_n"), batch_size=(32,), lr=(1e-3, 2e-3
 BASELINES = ("frobenius_product", "frobenius_sum", "spectral_product", "spectral_sum", "path_norm",
              "inverse_margin", "sharpness")
 SRR_SCORES = {"srr": ("0.1", 0.1), "srr_eps2_p_over_N": ("p/N", 0.1), "srr_eps1": ("1", 0.1)}
-MEASURES = (*SRR_SCORES, "srr_yu23", *BASELINES)
+PARTS = ("srr_l0_term", "srr_rate_term[0.1]", "srr_rate_term[1]")  # μ_SRR's two halves, re-scored from the layers
+MEASURES = (*SRR_SCORES, "srr_yu23", *PARTS, *BASELINES)
 PAPER_SRR_TAU = 0.445  # HU24 §5, width 384, 32 models (MATH.md §5b)
 TARGET_LOSS = 0.01
 DEPTH, HEADS, PATCH = 4, 4, 8
@@ -119,10 +120,25 @@ def jobs_for(grid: dict, args) -> list[dict]:
     return jobs
 
 
+def add_parts(models: list[dict]) -> list[dict]:
+    """μ_SRR's halves from the saved per-layer columns (no retraining): the sparsity term λ‖Z‖₀ (λ = 0.1)
+    and the rate term R^c − R at ε = 0.1 and ε = 1, each averaged over layers like μ_SRR (HU24 eq. 11)."""
+    for m in models:
+        layers = sorted({int(k[1:].split("_", 1)[0]) for k in m if k.startswith("L") and k.endswith("_l0")})
+        if not layers:
+            continue
+        m["srr_l0_term"] = sum(0.1 * m[f"L{i}_l0"] for i in layers) / len(layers)
+        for eps in ("0.1", "1"):
+            m[f"srr_rate_term[{eps}]"] = sum(m[f"L{i}_Rc[{eps}]"] - m[f"L{i}_R[{eps}]"] for i in layers) / len(layers)
+    return models
+
+
 def statistics(models: list[dict], hyperparameters: list[str]) -> list[dict]:
     """Kendall τ (τ_a) and granulated Ψ of every measure, per width and seed, per width over both
     seeds, and pooled over widths (an aside)."""
     from srr.generalization import compare_measures
+
+    add_parts(models)
 
     subsets = []
     widths = sorted({m["width"] for m in models})
