@@ -24,7 +24,7 @@ app = typer.Typer(
 app.command("train")(train)
 app.command("eval")(eval_command)
 app.command("measure")(measure_command)
-app.command("derive")(derive_command)
+app.command("derive", context_settings={"ignore_unknown_options": True})(derive_command)  # "-R(...)" is an objective
 app.command("models")(models_command)
 app.command("bench")(bench_command)
 app.command("attention")(attention_command)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 USAGE = 2  # a bad option value or name (click's convention)
 FAILED = 1  # the command could not do its work (missing files, unreadable checkpoint, diverged run)
@@ -20,7 +22,25 @@ def stderr() -> Console:
 
 
 def stdout() -> Console:
-    return Console(soft_wrap=False)
+    """Standard output; when piped (not a terminal) wide enough that no table is squeezed."""
+    console = Console(soft_wrap=False)
+    return console if console.is_terminal else Console(soft_wrap=False, width=max(console.width, 160))
+
+
+_NUMBER = re.compile(r"^[\s+\-−]*[\d.,]+(e[+\-]?\d+)?\s*(%|s|[kKMG]|images/s)?(\s*\(.*\))?$|^(nan|inf|-inf|—|-)$")
+
+
+def fit(table: Table) -> Table:
+    """Numbers are never cut: a column of numbers keeps its widest cell whole; text columns fold instead
+    of ending in an ellipsis."""
+    for column in table.columns:
+        cells = [str(c) for c in column._cells]
+        if cells and all(_NUMBER.match(c.strip()) for c in cells if c.strip()):
+            column.min_width = max(len(str(column.header)), *(len(c) for c in cells))
+            column.no_wrap = True
+        else:
+            column.overflow = "fold"
+    return table
 
 
 def fail(message: str, code: int = FAILED) -> typer.Exit:

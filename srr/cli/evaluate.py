@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .errors import USAGE, stdout, user_errors
+from .errors import USAGE, fit, stdout, user_errors
 
 
 def eval_command(
@@ -58,4 +58,4 @@ def eval_command(
     for column in ("dataset", "split", "images", "accuracy", "loss"):
         table.add_column(column, justify="right" if column not in ("dataset", "split") else "left")
     table.add_row(str(name), split, str(metrics["n"]), f"{metrics['accuracy']:.2%}", f"{metrics['loss']:.4f}")
-    console.print(table)
+    console.print(fit(table))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import USAGE, stdout, user_errors
+from .errors import USAGE, fit, stdout, user_errors
 
 FORMATS = ("table", "csv", "json")
 
@@ -76,6 +76,6 @@ def measure_command(
     elif fmt == "json":
         typer.echo(table.to_json())
     else:
-        console.print(table.to_rich_table())
+        console.print(fit(table.to_rich_table()))
         console.print(f"model μ_SRR (mean over layers of the output tokens): {table.srr:.4f}", highlight=False)
         console.print(f"wrote {plot}, {folder / 'measure.csv'}, {folder / 'measure.json'}", highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .errors import USAGE, fail, stdout, user_errors
+from .errors import USAGE, fail, fit, stdout, user_errors
 
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -230,7 +230,7 @@ def train(
     with user_errors():
         result = run_training(config, console=console if progress else None)
     if console is not None:
-        console.print(summary_table(result))
+        console.print(fit(summary_table(result)))
         plots = ", ".join(str(p) for p in result.plots)
         console.print(f"wrote {result.run_dir}/config.json, metrics.jsonl, summary.json, checkpoints/latest.pt"
                       + (", checkpoints/best.pt" if result.best_epoch else "") + (f"; plots: {plots}" if plots else ""),

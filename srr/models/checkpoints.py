@@ -23,6 +23,14 @@ VERSION = 1
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 
 
+def umask_mode() -> int:
+    """The mode a plain new file gets (0o666 less the umask): temporary files start 0600, and a
+    renamed one keeps it, so atomic writers set this before the rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
@@ -36,8 +44,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, disallowed globals: all "unreadable"
-        raise CheckpointError(f"could not read checkpoint {str(path)!r} (corrupt, truncated, or not a "
-                              f"torch.save file with plain tensors/dicts): {type(e).__name__}: {e}") from e
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        causes = [line.partition("WeightsUnpickler error:")[2].strip() for line in lines
+                  if "WeightsUnpickler error:" in line]  # torch's weights_only advice is a page: keep the cause
+        reason = causes[0] if causes else (lines[0] if lines else "")
+        reason = reason if len(reason) <= 100 else reason[:97] + "..."
+        raise CheckpointError(f"could not read checkpoint {str(path)!r}: corrupt, truncated, or not a torch.save "
+                              f"file of plain tensors and dicts ({type(e).__name__}: {reason})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} must hold a dict (a state dict or {{'model': state_dict}}), "
                               f"got {type(obj).__name__}")
@@ -124,6 +137,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, *, extra: Mapping
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()

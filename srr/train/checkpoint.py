@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from srr.models import read_checkpoint, save_checkpoint
-from srr.models.checkpoints import CheckpointError
+from srr.models.checkpoints import CheckpointError, umask_mode
 
 
 def save_training_checkpoint(
@@ -41,6 +41,7 @@ def save_training_checkpoint(
 def copy_atomic(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.fchmod(fd, umask_mode())
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)

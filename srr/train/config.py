@@ -121,6 +121,8 @@ class TrainConfig(ConfigBase):
             raise FileNotFoundError(f"no run config at {path}") from None
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"cannot read the run config {path}: {error}") from None
+        if isinstance(data, dict):
+            data.pop("resolved", None)  # what the run resolved (model config, device, versions): a record only
         return cls.from_dict(data)
 
 

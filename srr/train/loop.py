@@ -162,7 +162,7 @@ class _Trainer:
             seed_everything(config.seed + env.rank)  # rank-offset draws (dropout, augmentation)
             if env.is_main:
                 self.run_dir.create()
-                self.run_dir.write_config(config.to_dict())
+                self.run_dir.write_config({**config.to_dict(), "resolved": self._resolved()})
                 self.run_dir.metrics.unlink(missing_ok=True)  # rows of an attempt that never checkpointed
         D.barrier(env)
 
@@ -189,6 +189,24 @@ class _Trainer:
                              f"or choose another --out")
         return None
 
+    def _resolved(self) -> dict:
+        """What the run's options resolved to (``config.json`` → ``"resolved"``, a record only)."""
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            srr_version = version("srr")
+        except PackageNotFoundError:
+            srr_version = None
+        device = self.env.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or device.type
+        return {
+            "model": self.model.config.to_dict(), "device": str(device), "device_name": name,
+            "world_size": self.env.world_size, "out": str(self.run_dir.root.resolve()),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "versions": {"srr": srr_version, "torch": torch.__version__, "python": platform.python_version()},
+        }
+
     def _restore(self, checkpoint: dict) -> None:
         extra = checkpoint["extra"]
         self.model.load_state_dict(checkpoint["state_dict"])
@@ -199,7 +217,7 @@ class _Trainer:
             schedule["total_steps"] = self.config.epochs * len(self.batches)
         self.scheduler.load_state_dict(schedule)
         if changed and self.env.is_main:  # applied, and recorded
-            self.run_dir.write_config(self.config.to_dict())
+            self.run_dir.write_config({**self.config.to_dict(), "resolved": self._resolved()})
         progress = extra["progress"]
         self.epoch, self.batch_in_epoch = int(progress["epoch"]), int(progress["batch_in_epoch"])
         self.global_step = int(progress["global_step"])

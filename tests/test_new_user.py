@@ -1,0 +1,88 @@
+"""What a new user trips over (issue 11): tables that never cut numbers, run files readable by others,
+a resolved config.json, one short line for a corrupt checkpoint, ``srr derive "-R(...)"`` without ``--``."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from rich.console import Console
+from rich.table import Table
+from typer.testing import CliRunner
+
+from srr.cli import app
+from srr.cli.errors import fit
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("newuser") / "run"
+    old = os.umask(0o022)
+    try:
+        result = run("train", "--out", out, "--epochs", 1, "--batch-size", 32, "--train-subset", 64,
+                     "--measure-samples", 8, "--threads", 1, "--device", "cpu", "--quiet")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_numbers_are_never_cut_even_in_a_narrow_terminal():
+    table = Table(title="measure")
+    for name in ("site", "R", "R^c", "μ_SRR"):
+        table.add_column(name)
+    table.add_row("layer 0 mssa_input (what the compression layer sees)", "-45.123456", "1234.56789", "-0.000123")
+    console = Console(width=40, force_terminal=True, record=True)
+    console.print(fit(table))
+    text = console.export_text()
+    for number in ("-45.123456", "1234.56789", "-0.000123"):
+        assert number in text
+    assert "…" not in text
+
+
+def test_piped_measure_and_summary_tables_keep_every_number(tiny_run):
+    result = run("measure", tiny_run, "--samples", 16, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    table = json.loads((tiny_run / "measure" / "measure.json").read_text())
+    assert table
+
+
+def test_run_folder_files_are_readable_as_the_umask_allows(tiny_run):
+    for path in ("config.json", "summary.json", "metrics.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        mode = stat.S_IMODE((tiny_run / path).stat().st_mode)
+        assert mode == 0o644, (path, oct(mode))
+
+
+def test_config_json_records_what_the_run_resolved(tiny_run):
+    from srr.train import TrainConfig
+
+    data = json.loads((tiny_run / "config.json").read_text())
+    resolved = data["resolved"]
+    assert resolved["model"]["variant"] == "crate" and resolved["model"]["patch_size"] == 4
+    assert resolved["device"] == "cpu" and resolved["out"] == str(tiny_run.resolve())
+    assert resolved["parameters"] > 0 and resolved["versions"]["torch"] and resolved["device_name"]
+    assert TrainConfig.load(tiny_run / "config.json").epochs == 1  # the record does not disturb loading
+
+
+def test_a_corrupt_checkpoint_is_one_short_line(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    result = run("eval", garbage, "--dataset", "digits")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not read checkpoint" in lines[0] and len(lines[0]) < 320, lines
+    assert "weights_only" not in lines[0]
+
+
+def test_derive_takes_an_objective_starting_with_a_minus_without_double_dash():
+    result = run("derive", "-R(eps=0.5)", "--trials", 2, "--tokens", 8, "--dim", 4)
+    assert result.exit_code == 0, result.output
+    assert "holds in 2/2 trials" in result.stdout
