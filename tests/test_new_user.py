@@ -86,3 +86,67 @@ def test_derive_takes_an_objective_starting_with_a_minus_without_double_dash():
     result = run("derive", "-R(eps=0.5)", "--trials", 2, "--tokens", 8, "--dim", 4)
     assert result.exit_code == 0, result.output
     assert "holds in 2/2 trials" in result.stdout
+
+
+# ----- logging and callbacks --------------------------------------------------------------------------
+def test_callbacks_see_every_step_and_epoch_and_loggers_write_their_files(tmp_path):
+    import csv
+
+    from srr.train import Callback, TrainConfig, train
+
+    class Count(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_train_start(self, trainer):
+            self.events.append("start")
+
+        def on_step_end(self, trainer, scalars):
+            assert {"loss", "lr", "grad_norm", "srr_reg", "images_per_s", "cross_entropy"} <= set(scalars)
+            self.events.append(scalars["step"])
+
+        def on_epoch_end(self, trainer, row):
+            self.events.append(f"epoch {row['epoch']}")
+
+        def on_train_end(self, trainer, result):
+            self.events.append("end")
+
+    count = Count()
+    config = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=32, train_subset=64, measure_samples=8,
+                         threads=1, device="cpu", logger="csv", log_every=1)
+    train(config, callbacks=[count])
+    assert count.events == ["start", 1, 2, "epoch 1", 3, 4, "epoch 2", "end"]
+    with open(tmp_path / "run" / "steps.csv") as f:
+        steps = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4] and float(steps[0]["lr"]) > 0
+    with open(tmp_path / "run" / "epochs.csv") as f:
+        epochs = list(csv.DictReader(f))
+    assert len(epochs) == 2 and "srr_per_layer_0" in epochs[0]  # layers 0-based
+
+
+def test_jsonl_logger_through_the_cli_every_k_steps(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--out", out, "--epochs", 1, "--batch-size", 16, "--train-subset", 64,
+                 "--measure-samples", 0, "--threads", 1, "--device", "cpu", "--quiet", "--logger", "jsonl",
+                 "--log-every", 2)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == [2, 4]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
+    bad = run("train", "--out", tmp_path / "x", "--logger", "wandb")
+    assert bad.exit_code == 2 and "logger" in bad.stderr
+
+
+def test_tensorboard_logger_when_installed_else_a_clear_error(tmp_path):
+    from srr.train import TensorBoardLogger
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"pip install 'srr\[tensorboard\]'"):
+            TensorBoardLogger(tmp_path)
+        return
+    logger = TensorBoardLogger(tmp_path, every=1)
+    logger.write("step", {"step": 1, "loss": 0.5})
+    logger.close()
+    assert list((tmp_path / "tensorboard").iterdir())

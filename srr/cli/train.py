@@ -190,6 +190,13 @@ def train(
     threads: Annotated[Optional[int], typer.Option(
         help="CPU threads for the run (torch.set_num_threads). Default: torch's own.",
         rich_help_panel="Run")] = None,
+    logger: Annotated[Optional[str], typer.Option(
+        help="Per-step scalars (loss, lr, SRR regulariser, gradient norm, throughput) and per-epoch rows: jsonl "
+             "(log.jsonl), csv (steps.csv, epochs.csv) or tensorboard (needs pip install 'srr[tensorboard]').",
+        rich_help_panel="Run")] = None,
+    log_every: Annotated[int, typer.Option(
+        help="Steps between two per-step records of --logger.",
+        rich_help_panel="Run")] = 10,
     progress: Annotated[bool, typer.Option(
         "--progress/--quiet",
         help="Progress bar and per-epoch lines.",
@@ -216,6 +223,7 @@ def train(
             srr_eps=srr_eps, srr_lam=srr_lam, measure_samples=measure_samples,
             out=None if out is None else str(out), seed=seed, device=device, amp=amp, compile=compile,
             resume=False, checkpoint_every=checkpoint_every, deterministic=deterministic, threads=threads,
+            logger=logger, log_every=log_every,
         )
         if resume:
             if out is None:

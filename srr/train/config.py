@@ -67,6 +67,8 @@ class TrainConfig(ConfigBase):
     checkpoint_every: int = 0  # also checkpoint every k optimiser steps; 0: end of each epoch only
     deterministic: bool = True  # torch.use_deterministic_algorithms (exact resume)
     threads: int | None = None  # intra-op CPU threads during the run; None: torch's default
+    logger: str | None = None  # per-step scalars: "jsonl" (log.jsonl), "csv" (steps.csv, epochs.csv), "tensorboard"
+    log_every: int = 10  # optimiser steps between two per-step records of the logger
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", minimum=1)
@@ -74,6 +76,9 @@ class TrainConfig(ConfigBase):
         check_int(self.seed, "seed", minimum=0)
         check_int(self.measure_samples, "measure_samples", minimum=0)
         check_int(self.checkpoint_every, "checkpoint_every", minimum=0)
+        check_int(self.log_every, "log_every", minimum=1)
+        if self.logger is not None:
+            check_choice(self.logger, "logger", ("jsonl", "csv", "tensorboard"))
         for name in ("patch_size", "image_size", "train_subset"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)

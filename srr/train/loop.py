@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from torch import nn
 from srr.models import create_model
 
 from . import distributed as D
+from .callbacks import Callback, build_logger
 from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
 from .data import RunData, TrainBatches, load_run_data
@@ -46,7 +48,7 @@ from .state import capture_rng, restore_rng, seed_everything
 RUN_CONTROL = {"out", "resume", "device", "num_workers", "compile", "threads"}
 # Options a resumed run may change, applied and recorded in config.json: more epochs (the cosine
 # schedule stretches to the new end from the step reached), another checkpoint interval.
-RESUMABLE = {"epochs", "checkpoint_every"}
+RESUMABLE = {"epochs", "checkpoint_every", "logger", "log_every"}
 EVAL_BATCH = 512
 
 
@@ -97,8 +99,10 @@ class EpochSums:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def train(config: TrainConfig, *, console: Console | None = None) -> RunResult:
+def train(config: TrainConfig, *, console: Console | None = None, callbacks: Sequence[Callback] = ()) -> RunResult:
     """Train as ``config`` says; output (progress bar, epoch lines) goes to ``console`` on rank 0.
+    ``callbacks`` (:class:`srr.train.Callback`) run on rank 0 after each step and epoch, at the start and
+    the end; ``config.logger`` adds one.
 
     Raises ``ValueError``/``FileNotFoundError`` for bad options, data or run folders,
     :class:`NonFiniteLossError` when the loss diverges, :class:`TrainingInterrupted` after
@@ -109,7 +113,7 @@ def train(config: TrainConfig, *, console: Console | None = None) -> RunResult:
     env = D.setup(config.device)
     try:
         with deterministic_algorithms(config.deterministic), cpu_threads(config.threads):
-            trainer = _Trainer(config, env, console)
+            trainer = _Trainer(config, env, console, callbacks)
             with stop_on_signals() as stop:  # only once training starts: Ctrl-C during setup just stops
                 trainer.stop = stop
                 return trainer.run()
@@ -118,7 +122,8 @@ def train(config: TrainConfig, *, console: Console | None = None) -> RunResult:
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None) -> None:
+    def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None,
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.config, self.env = config, env
         self.stop = StopRequest()  # replaced by the signal-driven one in train()
         self.console = console if env.is_main else None
@@ -164,6 +169,9 @@ class _Trainer:
                 self.run_dir.create()
                 self.run_dir.write_config({**config.to_dict(), "resolved": self._resolved()})
                 self.run_dir.metrics.unlink(missing_ok=True)  # rows of an attempt that never checkpointed
+        self.callbacks = list(callbacks) if env.is_main else []
+        if config.logger is not None and env.is_main:
+            self.callbacks.append(build_logger(config.logger, self.run_dir.root, every=config.log_every))
         D.barrier(env)
 
     # ----- run folder and resume ------------------------------------------------------------
@@ -260,6 +268,8 @@ class _Trainer:
                             done_steps=self.global_step, epochs=config.epochs)
         if self.checkpoint is not None:
             reporter.log(f"resuming {self.run_dir.root} at epoch {self.epoch + 1}, step {self.global_step}")
+        for callback in self.callbacks:
+            callback.on_train_start(self)
         try:
             with reporter:
                 while self.epoch < config.epochs:
@@ -314,6 +324,13 @@ class _Trainer:
             s.fetch_s += fetched - fetch_start
             s.model_s += now - fetched
             reporter.step(epoch=self.epoch + 1, loss=loss_value)
+            if self.callbacks:
+                scalars = {"step": self.global_step, "epoch": self.epoch + 1, "loss": loss_value,
+                           "cross_entropy": ce.item(), "srr_reg": reg.item() if reg is not None else None,
+                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm_value,
+                           "images_per_s": n / max(now - fetch_start, 1e-9)}
+                for callback in self.callbacks:
+                    callback.on_step_end(self, scalars)
             if stop:
                 s.wall_s += now - epoch_start
                 self._save()
@@ -380,6 +397,8 @@ class _Trainer:
             self.run_dir.append_metrics(row)
             self.rows.append(row)
             reporter.epoch_done(row)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, row)
         improved = bool(D.broadcast_object(env, improved))
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -417,6 +436,8 @@ class _Trainer:
             )
             summary = result.summary()
             self.run_dir.write_summary(summary)
+            for callback in self.callbacks:
+                callback.on_train_end(self, result)
         summary = D.broadcast_object(env, summary)
         if env.is_main:
             return result

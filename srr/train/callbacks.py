@@ -1,0 +1,123 @@
+"""Callbacks of :func:`srr.train.train` and the scalar loggers behind ``srr train --logger``.
+
+A callback overrides the hooks it needs; they run on rank 0 only, after the step or epoch is done
+(the trainer is passed for reading: ``trainer.model``, ``trainer.optimizer``, ``trainer.run_dir``).
+Loggers write per-step scalars every ``every`` steps (loss, cross-entropy, SRR regulariser, learning
+rate, gradient norm, throughput) and the per-epoch row of ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from srr._checks import check_choice, check_int
+
+LOGGERS = ("jsonl", "csv", "tensorboard")
+
+
+class Callback:
+    """Hooks of the training loop; each default does nothing."""
+
+    def on_train_start(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, scalars: dict) -> None:
+        """``scalars``: step, epoch, loss, cross_entropy, srr_reg (None without regulariser), lr,
+        grad_norm, images_per_s."""
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        """``row``: the epoch's ``metrics.jsonl`` row."""
+
+    def on_train_end(self, trainer, result) -> None:
+        pass
+
+
+class ScalarLogger(Callback):
+    """Per-step scalars every ``every`` steps and every epoch row, to ``write(kind, scalars)``."""
+
+    def __init__(self, *, every: int = 10):
+        self.every = check_int(every, "log_every", minimum=1)
+
+    def on_step_end(self, trainer, scalars: dict) -> None:
+        if scalars["step"] % self.every == 0:
+            self.write("step", scalars)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.write("epoch", row)
+
+    def on_train_end(self, trainer, result) -> None:
+        self.close()
+
+    def write(self, kind: str, scalars: dict) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONLLogger(ScalarLogger):
+    """``folder/log.jsonl``: one object per record, ``{"kind": "step"|"epoch", ...}``."""
+
+    def __init__(self, folder: str | Path, *, every: int = 10):
+        super().__init__(every=every)
+        self.path = Path(folder) / "log.jsonl"
+
+    def write(self, kind: str, scalars: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"kind": kind, **scalars}) + "\n")
+
+
+class CSVLogger(ScalarLogger):
+    """``folder/steps.csv`` and ``folder/epochs.csv``, one header each (lists, e.g. μ_SRR per layer,
+    become one column per layer, 0-based: ``srr_per_layer_0``, ...)."""
+
+    def __init__(self, folder: str | Path, *, every: int = 10):
+        super().__init__(every=every)
+        self.folder = Path(folder)
+
+    def write(self, kind: str, scalars: dict) -> None:
+        flat = {}
+        for key, value in scalars.items():
+            if isinstance(value, (list, tuple)):
+                flat.update({f"{key}_{i}": v for i, v in enumerate(value)})
+            else:
+                flat[key] = value
+        path = self.folder / f"{kind}s.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(flat), extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(flat)
+
+
+class TensorBoardLogger(ScalarLogger):
+    """``folder/tensorboard``: ``step/<name>`` and ``epoch/<name>`` scalars at the global step."""
+
+    def __init__(self, folder: str | Path, *, every: int = 10):
+        super().__init__(every=every)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--logger tensorboard needs the tensorboard package: pip install 'srr[tensorboard]' "
+                             "(or use --logger jsonl or csv)") from None
+        self.writer = SummaryWriter(str(Path(folder) / "tensorboard"))
+
+    def write(self, kind: str, scalars: dict) -> None:
+        step = scalars.get("step", 0)
+        for key, value in scalars.items():
+            if isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    self.writer.add_scalar(f"{kind}/{key}/layer_{i}", v, step)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def build_logger(name: str, folder: str | Path, *, every: int) -> ScalarLogger:
+    """The logger ``name`` (one of :data:`LOGGERS`) writing into ``folder``."""
+    check_choice(name, "logger", LOGGERS)
+    return {"jsonl": JSONLLogger, "csv": CSVLogger, "tensorboard": TensorBoardLogger}[name](folder, every=every)
