@@ -148,18 +148,25 @@ class Measurement(Sequence):
         titles = {"Rc": "compression: $R^c(Z;U)$", "zero_fraction": "sparsity: fraction of zeros",
                   "R": "coding rate $R(Z)$", "srr": r"$\mu_{SRR}$", "dR": r"$\Delta R$",
                   "l1": r"$\|Z\|_1$", "l0": r"$\|Z\|_0$"}
-        fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
+        units = {"Rc": "nats", "R": "nats", "dR": "nats", "srr": "λ‖Z‖₀ + Rᶜ − R", "zero_fraction": "fraction",
+                 "l1": "sum of |z|", "l0": "count"}
+        explained = {"mssa_in": r"mssa_in: $Z^\ell$, the layer's input", "half": r"half: $Z^{\ell+1/2}$, after MSSA",
+                     "out": r"out: $Z^{\ell+1}$, after ISTA"}
+        fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
         for ax, name in zip(axes[0], columns):
             for site in self.sites:
                 rows = self.select(site)
-                ax.plot([r.layer + 1 for r in rows], [getattr(r, name) for r in rows], marker="o", label=site)
+                ax.plot([r.layer for r in rows], [getattr(r, name) for r in rows], marker="o",
+                        label=explained.get(site, site))
             ax.set_title(titles.get(name, name))
-            ax.set_xlabel("layer")
+            ax.set_xlabel("layer ℓ (0-based)")
+            ax.set_ylabel(f"{name} ({units.get(name, 'value')})")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        axes[0][0].legend()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, title="token site")
         fig.suptitle(self._title(), fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         path = Path(path)
         fig.savefig(path, dpi=120)
         plt.close(fig)

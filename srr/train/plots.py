@@ -35,23 +35,30 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
 
 
 def plot_srr_layers(rows: list[dict], path: Path) -> Path | None:
-    """μ_SRR of each layer's output against the layer (1..L), one line per epoch (yellow = latest);
-    None if never measured."""
+    """μ_SRR of each layer's output against the layer (0-based, as everywhere in srr), one line per
+    epoch, coloured by epoch (colour bar); None if never measured."""
     rows = [r for r in rows if r.get("srr_per_layer")]
     if not rows:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    epochs = [row["epoch"] for row in rows]
+    norm = Normalize(vmin=min(epochs), vmax=max(max(epochs), min(epochs) + 1))
     cmap = plt.get_cmap("viridis")
-    for i, row in enumerate(rows):
+    for row in rows:
         values = row["srr_per_layer"]
-        color = cmap(i / max(len(rows) - 1, 1))
-        label = f"epoch {row['epoch']}" if i in (0, len(rows) - 1) else None
-        ax.plot(range(1, len(values) + 1), values, marker="o", color=color, label=label)
-    ax.set(xlabel="layer", ylabel="μ_SRR (λ‖Z‖₀ + Rᶜ − R)", title="sparse rate reduction per layer")
+        ax.plot(range(len(values)), values, marker="o", color=cmap(norm(row["epoch"])))
+    ax.set(xlabel=r"layer $\ell$ (0-based; output tokens $Z^{\ell+1}$)", ylabel="μ_SRR (λ‖Z‖₀ + Rᶜ − R)",
+           title="sparse rate reduction per layer")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend()
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
+    bar.locator = MaxNLocator(integer=True)
+    bar.update_ticks()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
