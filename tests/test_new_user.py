@@ -150,3 +150,29 @@ def test_tensorboard_logger_when_installed_else_a_clear_error(tmp_path):
     logger.write("step", {"step": 1, "loss": 0.5})
     logger.close()
     assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_plots_number_layers_from_0_and_label_their_axes(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from srr.data import load_dataset
+    from srr.measurement import measure
+    from srr.models import create_model
+    from srr.train.plots import plot_srr_layers
+
+    seen = []
+    plot, set_ylabel = Axes.plot, Axes.set_ylabel
+    monkeypatch.setattr(Axes, "plot", lambda self, x, *a, **k: (seen.append(("x", list(x))), plot(self, x, *a, **k))[1])
+    monkeypatch.setattr(Axes, "set_ylabel", lambda self, text, *a, **k: (seen.append(("y", text)),
+                                                                           set_ylabel(self, text, *a, **k))[1])
+    plot_srr_layers([{"epoch": e, "srr_per_layer": [1.0, 2.0, 3.0]} for e in (1, 2)], tmp_path / "s.png")
+    assert seen[0] == ("x", [0, 1, 2])
+    seen.clear()
+    table = measure(create_model("crate_nano").eval(), load_dataset("digits", split="test"), limit=16, progress=False)
+    table.plot(tmp_path / "m.png")
+    xs = [v for kind, v in seen if kind == "x"]
+    assert xs and all(x == [0, 1, 2, 3] for x in xs)
+    assert len([v for kind, v in seen if kind == "y"]) == 4  # one y label per panel
