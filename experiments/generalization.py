@@ -248,7 +248,9 @@ def main(argv=None) -> dict:
 
 def _plot(models, path):
     plt = pyplot()
-    panels = ("srr", "srr_yu23", "path_norm", "sharpness")
+    panels = ("srr", "srr_eps1", "srr_yu23", "sharpness")
+    labels = {"srr": "μ_SRR, ε = 0.1 (HU24)", "srr_eps1": "μ_SRR, ε = 1", "srr_yu23": "R^c, YU23 convention",
+              "sharpness": "sharpness (1/σ²)"}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
     colors = dict(zip(GRID["variant"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     markers = {0: "o", 1: "^"}
@@ -259,8 +261,8 @@ def _plot(models, path):
                        and math.isfinite(float(m[measure]))]
                 ax.scatter([m[measure] for m in sel], [m["gap"] for m in sel], s=16, color=colors.get(variant),
                            marker=markers.get(seed, "s"), alpha=0.8, label=f"{variant}, seed {seed}")
-        ax.set(xlabel=measure, ylabel="gap: test CE − train CE")
-        if measure in ("path_norm", "sharpness"):
+        ax.set(xlabel=labels[measure], ylabel="gap: test CE − train CE")
+        if measure == "sharpness":
             ax.set_xscale("log")
     axes[0].legend(fontsize=6)
     fig.suptitle("CIFAR-10 (JPEG): complexity measure vs generalization gap, one point per model", fontsize=10)
