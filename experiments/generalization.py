@@ -242,6 +242,13 @@ def main(argv=None) -> dict:
                       reached_target=reached, max_train_ce=max(m["train_ce"] for m in models),
                       workers=args.workers, device=args.device, kendall="tau_a (Jiang et al., no tie correction)",
                       paper_srr_tau_width384=PAPER_SRR_TAU, noise_ceiling=noise, statistics=stats)
+    previous = args.out / "summary.json"
+    if args.from_csv and previous.is_file():  # re-tabulating: keep the provenance of the training run
+        import json
+
+        before = json.loads(previous.read_text())
+        payload["training_run"] = before.get("training_run") or {
+            k: before[k] for k in ("command", "seconds", "machine") if k in before}
     write_json(args.out / "summary.json", payload)
     return payload
 
