@@ -202,7 +202,7 @@ def train(
         help="Progress bar and per-epoch lines.",
         rich_help_panel="Run")] = True,
 ) -> None:
-    """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~1 minute on a CPU."""
+    """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~20 s on 2 CPU cores."""
     from srr.train import TrainConfig
     from srr.train import train as run_training
 
