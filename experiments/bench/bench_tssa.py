@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from experiments._common import markdown_table, parse_args, summary, write_csv, write_json
+from experiments._common import markdown_table, parse_args, pyplot, summary, write_csv, write_json
 
 NAME = "tssa_scaling"
 LAYERS = ("tssa", "sdpa", "exact")
@@ -136,7 +136,27 @@ def main(argv=None) -> dict:
                       tssa_overtakes_sdpa_at={mode: crossover(rows, mode) for mode in PASSES}, rows=rows)
     payload["command"] = " ".join(["python -m experiments.bench.bench_tssa", *args.argv])
     write_json(args.out / "summary.json", payload)
+    plot(rows, args.out / "scaling.png", device=args.device)
     return payload
+
+
+def plot(rows: list[dict], path, *, device: str = "cpu") -> None:
+    """Time and peak memory against N, log-log, one line per layer, forward and train side by side."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    labels = {"tssa": "TSSA (ToST, E13)", "sdpa": "softmax MSSA (SDPA)", "exact": "exact compression (E6)"}
+    for name in LAYERS:
+        for ax, (mode, key, scale, ylabel) in zip(axes, (("forward", "seconds", 1e3, "forward time (ms)"),
+                                                         ("train", "seconds", 1e3, "forward + backward time (ms)"),
+                                                         ("train", "peak_mib", 1, "peak memory, train (MiB)"))):
+            sel = sorted((r["tokens"], r[key] * scale) for r in rows if r["layer"] == name and r["pass"] == mode)
+            ax.plot([n for n, _ in sel], [v for _, v in sel], marker="o", ms=3, label=labels[name])
+            ax.set(xscale="log", yscale="log", xlabel="tokens N", ylabel=ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"One compression layer, d = 384, K = 6, batch 1, {device}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
