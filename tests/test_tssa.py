@@ -406,3 +406,24 @@ def test_scaling_benchmark_quick_mode_writes_its_results(tmp_path):
     assert len(payload["rows"]) == 2 * len(LAYERS) * len(PASSES)
     assert all(r["seconds"] > 0 and r["peak_mib"] >= 0 for r in payload["rows"])
     assert set(saved["tssa_overtakes_sdpa_at"]) == set(PASSES)
+
+
+def test_measure_reports_each_tssa_layers_own_variational_rate():
+    """srr.measure gives R^c_var (E12) with the layer's own membership Π for tost layers, None elsewhere."""
+    import srr
+    from srr.models import create_model
+
+    torch.manual_seed(0)
+    images = torch.randn(6, 1, 8, 8)
+    model = create_model("crate_nano", variant="tost", patch_size=2).eval()
+    m = srr.measure(model, images, eps=0.5, progress=False)
+    with torch.no_grad():
+        _, layers = model.forward_intermediates(images)
+        block, tokens = model.blocks()[1], layers[1]
+        Pi = block.compression.membership(tokens.mssa_input)
+        expected = {site: srr.variational_compressed_coding_rate(Z, block.subspaces, Pi, 0.5).mean().item()
+                    for site, Z in (("mssa_in", tokens.input), ("half", tokens.half), ("out", tokens.output))}
+    got = {r.site: r.Rc_var for r in m if r.layer == 1}
+    assert got == pytest.approx(expected, rel=1e-5)
+    plain = srr.measure(create_model("crate_nano", patch_size=2).eval(), images, progress=False)
+    assert all(r.Rc_var is None for r in plain) and "Rc_var" in plain.to_csv().splitlines()[0]

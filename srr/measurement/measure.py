@@ -16,7 +16,7 @@ from srr.measurement.subspaces import check_policy_subspaces, make_policy
 from srr.measurement.table import SITES, Measurement, MeasurementRow
 from srr.measurement.terms import SRRTerms, sample_terms
 from srr.measurement.tokens import TokenCapture, as_sites, is_crate
-from srr.rates import coding_rate
+from srr.rates import coding_rate, variational_compressed_coding_rate
 
 __all__ = ["measure"]
 
@@ -50,6 +50,7 @@ class _Accumulator:
 
     def __init__(self):
         self.sums: dict[tuple[int, str, str], Tensor] = {}
+        self.rc_var: dict[tuple[int, str, str], Tensor] = {}  # TSSA layers only (E12)
         self.count = 0
 
     def add(self, layer: int, site: str, module: str, terms: SRRTerms) -> None:
@@ -57,22 +58,29 @@ class _Accumulator:
         key = (layer, site, module)
         self.sums[key] = self.sums[key] + sums if key in self.sums else sums
 
+    def add_rc_var(self, layer: int, site: str, module: str, values: Tensor) -> None:
+        key, total = (layer, site, module), values.double().sum()
+        self.rc_var[key] = self.rc_var[key] + total if key in self.rc_var else total
+
     def rows(self) -> list[MeasurementRow]:
         rows = []
-        for (layer, site, module), sums in self.sums.items():
+        for key, sums in self.sums.items():
+            layer, site, module = key
             v = dict(zip(_PARTS, (sums / self.count).tolist()))
             if any(math.isnan(x) or math.isinf(x) for x in v.values()):
                 raise ValueError(f"tokens of layer {layer} ({site}, {module}) were not finite (NaN/Inf values): "
                                  f"no rate can be measured; check the model and the data")
             rows.append(MeasurementRow(layer=layer, site=site, module=module, R=v["R"], Rc=v["Rc"],
                                        dR=v["R"] - v["Rc"], zero_fraction=v["zero_fraction"], l0=v["l0"],
-                                       l1=v["l1"], srr=v["srr"]))
+                                       l1=v["l1"], srr=v["srr"],
+                                       Rc_var=float(self.rc_var[key] / self.count) if key in self.rc_var else None))
         return rows
 
 
 def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names, sites) -> None:
     _, layers = model.forward_intermediates(x)
     subspaces = model.layer_subspaces()
+    blocks = model.blocks()
     known: dict[int, Tensor] = {}  # R of a token set by identity: Z^{ℓ+1} is also layer ℓ+1's input
     for ell, (tokens, U) in enumerate(zip(layers, subspaces)):
         Zs = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}
@@ -85,6 +93,11 @@ def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names, sites) -> No
         terms = sample_terms(torch.stack(Zs), U.detach(), eps=eps, lam=lam, R=R)  # each (S, B)
         for i, site in enumerate(sites):
             acc.add(ell, site, names[ell], SRRTerms(*(t[i] for t in terms)))
+        membership = getattr(blocks[ell].compression, "membership", None)
+        if membership is not None:  # TSSA: its own objective, with the layer's membership Π held fixed
+            Pi = membership(tokens.mssa_input)  # (B, N, K)
+            for site, Z in zip(sites, Zs):
+                acc.add_rc_var(ell, site, names[ell], variational_compressed_coding_rate(Z, U, Pi, eps))
         known = {id(tokens.output): known[id(tokens.output)]} if id(tokens.output) in known else {}
 
 

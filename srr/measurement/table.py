@@ -35,6 +35,7 @@ class MeasurementRow:
     l0: float  # ‖Z‖₀: non-zero entries of a token set
     l1: float  # ‖Z‖₁ of a token set
     srr: float  # (E4) μ_SRR = λ‖Z‖₀ + R^c − R
+    Rc_var: float | None = None  # (E12) R^c_var with the layer's own membership Π: TSSA (tost) layers only
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -174,6 +175,8 @@ class Measurement(Sequence):
 
 
 def _fmt(value, digits: int) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.{digits}g}"
     return str(value)
