@@ -57,6 +57,19 @@ def load(split: str, root: Path, *, subset: int | None = None, augment: bool = F
     return dataset
 
 
+def job_data(job: dict, *, augment: bool):
+    """``(train dataset, (X, y) train, (X, y) test)`` of an experiment job, tensors on ``job["device"]``:
+    ``job["data_dir"]``, optional ``train_subset`` / ``test_subset``; ``augment``: the training split's
+    crop + flip (apply it with ``dataset.augment_batch``)."""
+    device = torch.device(job["device"])
+    root = Path(job["data_dir"])
+    train_set = load("train", root, subset=job.get("train_subset"), augment=augment)
+    test_set = load("test", root, subset=job.get("test_subset"))
+    train = tuple(t.to(device) for t in train_set.tensors)
+    test = tuple(t.to(device) for t in test_set.tensors)
+    return train_set, train, test
+
+
 def model(variant: str, *, width: int, depth: int, heads: int = 4, dropout: float = 0.0, patch_size: int = PATCH_SIZE,
           **overrides):
     """A ``crate_micro``-shaped CRATE: width d, ``heads`` heads of d/heads, (32/patch)² + 1 tokens per image

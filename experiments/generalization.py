@@ -54,7 +54,6 @@ DEPTH, HEADS, PATCH = 4, 4, 8
 
 def run_one(job: dict) -> dict:
     """Train one grid model to the stopping criterion and measure it (runs in a worker process)."""
-    import torch
 
     from experiments import _cifar
     from experiments._common import seed_everything
@@ -62,12 +61,8 @@ def run_one(job: dict) -> dict:
     from srr.generalization import (classification_error, frobenius_product, frobenius_sum, inverse_margin,
                                     path_norm, sharpness, spectral_product, spectral_sum)
 
-    device = torch.device(job["device"])
-    root = Path(job["data_dir"])
-    train_set = _cifar.load("train", root, subset=job["train_subset"])
-    test_set = _cifar.load("test", root, subset=job.get("test_subset"))
-    train = tuple(t.to(device) for t in train_set.tensors)
-    test = tuple(t.to(device) for t in test_set.tensors)
+    _, train, test = _cifar.job_data(job, augment=False)
+    device = train[0].device
     seed_everything(job["seed"])
     model = _cifar.model(job["variant"], width=job["width"], depth=job["depth"], heads=HEADS,
                          dropout=job["dropout"], patch_size=job["patch_size"]).to(device)

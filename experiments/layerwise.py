@@ -41,12 +41,8 @@ def run_one(job: dict) -> dict:
     from experiments._common import seed_everything
     from experiments._train import evaluate, fit
 
-    device = torch.device(job["device"])
-    root = Path(job["data_dir"])
-    train_set = _cifar.load("train", root, subset=job.get("train_subset"), augment=True)
-    test_set = _cifar.load("test", root, subset=job.get("test_subset"))
-    train = tuple(t.to(device) for t in train_set.tensors)
-    test = tuple(t.to(device) for t in test_set.tensors)
+    train_set, train, test = _cifar.job_data(job, augment=True)
+    device = train[0].device
     probe = train[0][torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(1))[: job["samples"]]
                      .to(device)]
     seed_everything(job["seed"])

@@ -62,19 +62,14 @@ def gradient_ratio(model, reg, data, *, batches: int = 4, batch_size: int = 128)
 
 def run_one(job: dict) -> dict:
     """Train one arm for one seed and return its row (module level: runs in a worker process)."""
-    import torch
 
     from experiments import _cifar
     from experiments._common import seed_everything
     from experiments._train import evaluate, fit
     from srr.measurement import SRRRegularizer
 
-    device = torch.device(job["device"])
-    root = Path(job["data_dir"])
-    train_set = _cifar.load("train", root, subset=job.get("train_subset"), augment=True)
-    test_set = _cifar.load("test", root, subset=job.get("test_subset"))
-    train = tuple(t.to(device) for t in train_set.tensors)
-    test = tuple(t.to(device) for t in test_set.tensors)
+    train_set, train, test = _cifar.job_data(job, augment=True)
+    device = train[0].device
     seed_everything(job["seed"])
     model = _cifar.model("crate", width=job["width"], depth=job["depth"]).to(device)
     # the ratio is measured for every arm (weight 1 for the CE arm's reference regulariser)

@@ -7,6 +7,7 @@ rate, gradient norm, throughput) and the per-epoch row of ``metrics.jsonl``.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import json
 from pathlib import Path
@@ -49,8 +50,9 @@ class ScalarLogger(Callback):
     def on_train_end(self, trainer, result) -> None:
         self.close()
 
+    @abc.abstractmethod
     def write(self, kind: str, scalars: dict) -> None:
-        raise NotImplementedError
+        """Record one ``step`` or ``epoch`` row (each logger's own format)."""
 
     def close(self) -> None:
         pass
