@@ -19,7 +19,7 @@ LEVELS = {
     "srr._checks": 0, "srr._config": 0, "srr.linalg": 0, "srr.rates": 0,
     "srr.objective": 1, "srr.derivation": 2, "srr.layers": 3, "srr.models": 4,
     "srr.measurement": 5, "srr.generalization": 5, "srr.data": 5, "srr.visualize": 5,
-    "srr.train": 6, "srr.cli": 7, "srr.__main__": 8,
+    "srr.train": 6, "srr.bench": 6, "srr.cli": 7, "srr.__main__": 8,
     "srr": 7,  # the package root re-exports everything below the CLI, which may read it (``__version__``)
 }
 

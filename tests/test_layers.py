@@ -300,7 +300,7 @@ def test_hu24_toy_setting_in_full(c):
 
 @pytest.mark.slow
 def test_benchmark_runs_and_the_fast_paths_agree_with_the_baselines():
-    from experiments.bench.bench_layers import main
+    from srr.bench.bench_layers import main
 
     (result,) = main(["--quick", "--shapes", "tiny"])
     assert result["exact_rel_err"] < 1e-5 and result["block_rel_err"] < 1e-5

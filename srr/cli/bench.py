@@ -1,20 +1,18 @@
-"""``srr bench``: the headline ratios of the benchmark suite (``experiments/bench``) in one table.
+"""``srr bench``: the headline ratios of the benchmark suite (``srr.bench``, shipped in the package) in one table.
 
-Each benchmark module's ``main(argv)`` is imported from the repository's ``experiments/bench``
-and run in this process (its own output hidden unless ``--verbose``); the ratios are read from
-the value it returns. ``train`` is this package's own: the data loader's images/s against the
-training step's on the default ``srr train`` run.
+Each benchmark module's ``main(argv)`` (``srr/bench/bench_*.py``) is run in this process (its own
+output hidden unless ``--verbose``); the ratios are read from the value it returns. ``train`` is
+this package's own: the data loader's images/s against the training step's on the default
+``srr train`` run.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
 import io
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -36,7 +34,7 @@ class Headline:
 @dataclass(frozen=True)
 class Bench:
     name: str
-    module: str | None  # under experiments/bench; None: built in
+    module: str | None  # under srr/bench; None: built in
     argv: Callable[[bool, str], list[str]]
     headlines: Callable[[object], list[Headline]]
 
@@ -105,27 +103,13 @@ BENCHES = [
 ]
 
 
-def bench_folder() -> Path:
-    """``experiments/bench`` of the working directory's repository, or of the one srr is installed from."""
-    candidates = [Path.cwd() / "experiments" / "bench", Path(__file__).resolve().parents[2] / "experiments" / "bench"]
-    for folder in candidates:
-        if (folder / "__init__.py").is_file() or any(folder.glob("bench_*.py")):
-            return folder
-    looked = " and ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"the benchmark suite was not found at {looked}; run srr bench from a clone of the "
-                            f"repository")
-
-
 def _run(bench: Bench, *, quick: bool, device: str, verbose: bool):
     if bench.module is None:
         from srr.train import TrainConfig
         from srr.train.throughput import loader_vs_model
 
         return loader_vs_model(TrainConfig(device=device, measure_samples=0), steps=3 if quick else 20)
-    root = bench_folder().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    module = importlib.import_module(f"experiments.bench.{bench.module}")
+    module = importlib.import_module(f"srr.bench.{bench.module}")
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         return module.main(bench.argv(quick, device))

@@ -22,8 +22,8 @@ arithmetic the *math* needs, the same for every implementation of it (2 FLOPs pe
 Both implementations are timed interleaved (A, B, A, B, ...) and the median is reported, so a
 noisy machine slows both alike. Usage::
 
-    python experiments/bench/bench_models.py                       # CPU: CRATE-Tiny, 32 px, patch 4, batch 128
-    python experiments/bench/bench_models.py --device cuda         # GPU: CRATE-Base, 224 px, bf16 autocast
+    python -m srr.bench.bench_models                       # CPU: CRATE-Tiny, 32 px, patch 4, batch 128
+    python -m srr.bench.bench_models --device cuda         # GPU: CRATE-Base, 224 px, bf16 autocast
 """
 from __future__ import annotations
 

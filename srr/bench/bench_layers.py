@@ -9,7 +9,7 @@
 Timings are interleaved (ours, baseline, ours, ...) and the median of each is kept, so the ratios
 come from one run under the same machine load.
 
-    python -m experiments.bench.bench_layers [--quick] [--device cpu|cuda] [--batch 64] [--repeats 2]
+    python -m srr.bench.bench_layers [--quick] [--device cpu|cuda] [--batch 64] [--repeats 2]
 """
 from __future__ import annotations
 

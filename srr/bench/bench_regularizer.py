@@ -9,8 +9,8 @@ Targets (issue 5):
 Configurations are timed interleaved (A, B, C, A, B, C, ...) and medians reported, so a noisy
 machine slows all alike. Synthetic images (the cost does not depend on the pixels). Usage::
 
-    python experiments/bench/bench_regularizer.py                  # CPU, a reduced image count
-    python experiments/bench/bench_regularizer.py --device cuda    # GPU, 10,000 images
+    python -m srr.bench.bench_regularizer                  # CPU, a reduced image count
+    python -m srr.bench.bench_regularizer --device cuda    # GPU, 10,000 images
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ visualisation code does). Ours: ``srr.compressed_coding_rate`` — one batched c
 (p×p) Gram, checked Cholesky. Also R on a data set's features (50,000 × 768) in float32 without an
 N×N matrix: time and peak memory.
 
-    python -m experiments.bench.bench_rates [--quick] [--device cpu|cuda]
+    python -m srr.bench.bench_rates [--quick] [--device cpu|cuda]
 """
 from __future__ import annotations
 
