@@ -75,6 +75,8 @@ def solve_identity_plus(G: Tensor, scale, B: Tensor) -> Tensor:
     """``(I + scale·G)⁻¹ B`` for symmetric PSD ``G (..., m, m)`` and ``B (..., m, n)``.
 
     Cholesky solve; where the factorisation fails the general LU solve is used for those matrices.
+    Eagerly on the CPU the LU solve is skipped when nothing failed; under ``torch.compile`` both are
+    computed and selected with ``where``, so the graph does not branch on data.
     """
     M = _identity_plus(G, scale)
     L, info = torch.linalg.cholesky_ex(M)
@@ -82,7 +84,7 @@ def solve_identity_plus(G: Tensor, scale, B: Tensor) -> Tensor:
     eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
     L = torch.where(failed, eye, L)
     fast = torch.cholesky_solve(B, L)
-    if M.device.type == "cpu" and not bool(failed.any()):
+    if M.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(failed.any()):
         return fast
     slow = torch.linalg.solve(torch.where(failed, M, eye), B)
     return torch.where(failed, slow, fast)
