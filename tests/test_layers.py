@@ -153,6 +153,32 @@ def test_mssa_orthonormal_option_and_dropout():
     assert torch.equal(drop(x), drop(x))
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_mssa_add_update_is_the_residual_plus_the_update_with_its_gradients(training):
+    """The block's fused half-step ``Z + C(LN₁ Z)`` (one in-place addmm) equals the unfused sum, gradients too."""
+    torch.manual_seed(0)
+    layer = MSSA(12, heads=3).train(training)
+    z, x = torch.randn(2, 7, 12, requires_grad=True), torch.randn(2, 7, 12, requires_grad=True)
+    fused = layer.add_update(z, x)
+    plain = z + layer(x)
+    assert torch.allclose(fused, plain, atol=1e-6)
+    g = torch.randn_like(plain)
+    wrt = [z, x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(fused, wrt, g), torch.autograd.grad(plain, wrt, g)):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(layer.step(x), layer.add_update(x, x))
+
+
+def test_mssa_add_update_keeps_forward_hooks_seeing_the_update():
+    layer = MSSA(12, heads=3).eval()
+    z, x = torch.randn(2, 7, 12), torch.randn(2, 7, 12)
+    seen = []
+    handle = layer.to_out.register_forward_hook(lambda m, args, out: seen.append(out))
+    out = layer.add_update(z, x)
+    handle.remove()
+    assert len(seen) == 1 and torch.allclose(out, z + seen[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(output="crate_x"), "output"), (dict(step_size=0), "step_size"), (dict(backend="triton"), "backend"),
     (dict(step_size="auto"), "ExactCompression"), (dict(heads=0), "heads"), (dict(dropout=1.0), "dropout"),
@@ -211,6 +237,28 @@ def test_ista_without_nonnegativity_soft_thresholds_and_learnable_parameters_tra
     assert (y < 0).any() and (y == 0).any()
     y.square().sum().backward()
     assert layer.step_size.grad is not None and layer.lam.grad is not None
+
+
+def test_ista_inference_forms_its_matrix_once_and_follows_weight_updates():
+    """(E10') ``I + M`` is cached while no gradient is needed; an optimizer step or a loaded state dict
+    invalidates it, and the fused CPU path (oneDNN ReLU(xW + b)) equals the autograd path."""
+    torch.manual_seed(0)
+    layer = ISTA(16)
+    x = torch.randn(3, 5, 16)
+    with torch.inference_mode():
+        first = layer(x)
+        assert layer.linear_form()[0] is layer.linear_form()[0]  # cached, not recomputed
+    assert torch.allclose(first, layer(x), atol=1e-6)  # grad mode: formed per call, same values
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(x).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after_step = layer(x)
+    assert not torch.allclose(after_step, first)
+    assert torch.allclose(after_step, layer(x), atol=1e-6)
+    layer.load_state_dict({"weight": torch.zeros(16, 16)})
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), torch.relu(x - 0.01), atol=1e-7)  # D = 0: ReLU(x − ηλ)
 
 
 def test_ista_rejects_bad_arguments():

@@ -1,14 +1,17 @@
 """ISTA: the sparsification step of CRATE, hand-optimised (MATH.md §4.2, E10, E10'; YU23 eq. 13).
 
-    ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x + x M − ηλ),   M = η (D − DᵀD)      (E10')
+    ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x (I + M) − ηλ),   M = η (D − DᵀD)      (E10')
 
-``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA); ``OvercompleteISTA`` is CRATE-α's
+``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA; on the CPU in inference, oneDNN's
+matmul with the bias and ReLU fused, and ``I + M`` formed once per weight update rather than per
+forward); ``OvercompleteISTA`` is CRATE-α's
 (overcomplete D, k steps from 0, decoder D₁). Details: ``docs/guide-layers.md``, section
 ``srr/layers/ista.py``.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from srr._checks import check_choice, check_int, check_lam, check_positive
@@ -21,6 +24,32 @@ BACKENDS = ("auto", "fused", "torch", "triton", "reference")  # "fused" = "auto"
 
 def _public_init(*shape: int) -> Tensor:
     return nn.init.kaiming_uniform_(torch.empty(*shape))  # a=0, as model/crate.py and CRATE-α
+
+
+def _onednn_relu_linear_applies(x: Tensor, W: Tensor) -> bool:
+    """oneDNN's fused ``ReLU(x Wᵀ + b)`` (CPU, float32, no autograd, eager): one pass over the output
+    instead of three (bias copy, matmul, ReLU)."""
+    return (x.device.type == "cpu" and x.dtype == W.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or W.requires_grad))
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling() and _onednn_linear())
+
+
+_ONEDNN_LINEAR: list[bool] = []  # filled on first use: does this build's fused op run and agree with F.linear?
+
+
+def _onednn_linear() -> bool:
+    if not _ONEDNN_LINEAR:
+        ok = False
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            try:
+                x, W = torch.linspace(-1, 1, 15).view(5, 3), torch.linspace(1, -2, 12).view(4, 3)
+                b = torch.linspace(-1, 1, 4)
+                y = torch.ops.mkldnn._linear_pointwise(x, W, b, "relu", [], "")
+                ok = bool(torch.allclose(y, torch.relu(F.linear(x, W, b)), atol=1e-5))
+            except RuntimeError:
+                ok = False
+        _ONEDNN_LINEAR.append(ok)
+    return _ONEDNN_LINEAR[0]
 
 
 def _value(x) -> float:
@@ -55,6 +84,7 @@ class ISTA(nn.Module):
         else:
             self.step_size, self.lam = step_size, lam
         self.weight = nn.Parameter(_public_init(dim, dim))  # D: (d, d)
+        self._cached = None  # (key, (I + M)ᵀ, −ηλ·1), reused while no gradient is needed (inference)
 
     @property
     def dictionary(self) -> Tensor:
@@ -71,19 +101,53 @@ class ISTA(nn.Module):
     def threshold(self) -> Tensor | float:
         return self.step_size * self.lam
 
+    def linear_form(self) -> tuple[Tensor, Tensor]:
+        """(E10') the argument of the prox as one affine map ``x (I + M) − ηλ = F.linear(x, W, b)``:
+        ``W = (I + M)ᵀ (d, d)``, ``b = −ηλ·1 (d,)``; float32 or wider. Cached between calls while no
+        gradient is needed and the parameters are unchanged (inference forms it once, not per forward)."""
+        key = self._cache_key()
+        if key is not None and self._cached is not None and self._cached[0] == key:
+            return self._cached[1], self._cached[2]
+        M = self.effective_matrix()
+        W = (M + torch.eye(self.dim, device=M.device, dtype=M.dtype)).mT  # (d, d), the weight of x ↦ x (I + M)
+        b = -self.threshold() * M.new_ones(self.dim)  # (d,)
+        if key is not None:
+            W = W.contiguous()
+            self._cached = (key, W, b)
+        return W, b
+
+    def _cache_key(self):
+        """What ``linear_form`` depends on, or None where it must be recomputed (autograd, compile, inference
+        tensors, whose version is not tracked)."""
+        params = [self.weight] + ([self.step_size, self.lam] if self.learnable else [])
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return None
+        if any(p.is_inference() for p in params):
+            return None
+        versions = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        return versions if self.learnable else versions + (self.step_size, self.lam)
+
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
         if self.backend == "reference":
             return self.reference(x)
-        M = self.effective_matrix()
         x2 = x.reshape(-1, self.dim)  # (T, d)
-        t = self.threshold()
         if self._use_triton(x):
+            M, t = self.effective_matrix(), self.threshold()
             dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
             x2 = x2.to(dtype)
             y = triton_ista.ista_triton(x2, M.to(dtype), t, nonnegative=self.nonnegative)
+            return y.reshape(*x.shape[:-1], self.dim)
+        W, b = self.linear_form()
+        if self.nonnegative and _onednn_relu_linear_applies(x2, W):
+            y = torch.ops.mkldnn._linear_pointwise(x2, W, b, "relu", [], "")  # ReLU(x (I + M) − ηλ), one pass
         else:
-            v = torch.addmm(x2, x2, M.to(x2.dtype) if not torch.is_autocast_enabled(x.device.type) else M)  # x + x M
-            y = torch.relu_(v.sub_(t)) if self.nonnegative else torch.sign(v) * torch.relu(v.abs() - t)
+            if not torch.is_autocast_enabled(x.device.type):
+                W, b = W.to(x2.dtype), b.to(x2.dtype)
+            if self.nonnegative:
+                y = torch.relu_(F.linear(x2, W, b))  # (T, d): ReLU(x (I + M) − ηλ)
+            else:
+                v = F.linear(x2, W)  # (T, d): x (I + M), soft-thresholded
+                y = torch.sign(v) * torch.relu(v.abs() - self.threshold())
         return y.reshape(*x.shape[:-1], self.dim)
 
     def _use_triton(self, x: Tensor) -> bool:

@@ -17,6 +17,14 @@ OUTPUTS = ("crate", "crate_c", "crate_n", "crate_t", "fixed", "identity")
 BACKENDS = ("auto", "fused", "reference")
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook would see ``module`` or a child of it run (fused paths skip their calls)."""
+    from torch.nn.modules import module as _m
+
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks) or any(
+        m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class MSSA(nn.Module):
     """Multi-head subspace self-attention (softmax, E8) with one of HU24's outputs.
 
@@ -63,14 +71,37 @@ class MSSA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
         if self.backend == "reference":
             return self.reference(x)
+        return self._output(self._attend(x))  # (..., N, K·p) -> (..., N, d)
+
+    def _attend(self, x: Tensor) -> Tensor:  # (..., N, d) -> o (..., N, K·p), fused (E8)
         a = self.qkv(x).unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)  # (..., K, N, p)
         p = self.dropout if self.training else 0.0
         o = F.scaled_dot_product_attention(a, a, a, dropout_p=p, scale=self.temperature)  # (..., K, N, p)
-        return self._output(o.transpose(-3, -2).flatten(-2))  # (..., N, K·p) -> (..., N, d)
+        return o.transpose(-3, -2).flatten(-2)
 
     def step(self, x: Tensor) -> Tensor:
         """The next tokens ``x + forward(x)``."""
-        return x + self.forward(x)
+        return self.add_update(x, x)
+
+    def add_update(self, residual: Tensor, x: Tensor) -> Tensor:
+        """``residual + forward(x)``, the half-step Z^{ℓ+½} = Z^ℓ + C(LN₁(Z^ℓ)) of a CRATE block. For
+        ``output="crate"`` the residual, the output bias and the output matmul are one in-place ``addmm``
+        (one pass over the tokens fewer than ``residual + forward(x)``). Forward hooks on this module or
+        its children see nothing of it: with hooks, or under ``torch.compile``, it is ``residual + forward(x)``."""
+        if not self._fuses_residual(residual, x):
+            return residual + self.forward(x)
+        o = self._attend(x)  # (..., N, K·p)
+        out_map = self.to_out[0]
+        z = torch.add(residual, out_map.bias).contiguous()  # (..., N, d), new: the in-place addmm below is safe
+        z.view(-1, self.dim).addmm_(o.reshape(-1, o.shape[-1]), out_map.weight.mT)  # Z + b + o W_outᵀ
+        return z
+
+    def _fuses_residual(self, residual: Tensor, x: Tensor) -> bool:
+        return (self.output == "crate" and self.step_size == 1.0 and self.backend != "reference"
+                and not (self.training and self.dropout > 0) and residual.shape == x.shape
+                and residual.dtype == x.dtype == self.to_out[0].weight.dtype
+                and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()
+                and not _hooked(self))
 
     def _output(self, o: Tensor) -> Tensor:  # o: (..., N, K·p)
         W = self.qkv.weight  # (K·p, d)

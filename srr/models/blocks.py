@@ -76,7 +76,11 @@ class CRATEBlock(nn.ModuleList):
     def tokens(self, z: Tensor) -> LayerTokens:
         """One layer, keeping every intermediate (references, no copies)."""
         mssa_input = self[0].norm(z)  # (B, N, d)
-        half = z + drop_path(self[0].fn(mssa_input), self.drop_path, self.training)  # (B, N, d)
+        compression = self[0].fn
+        if isinstance(compression, MSSA) and not (self.training and self.drop_path > 0):
+            half = compression.add_update(z, mssa_input)  # (B, N, d), the residual fused into the output map
+        else:
+            half = z + drop_path(compression(mssa_input), self.drop_path, self.training)  # (B, N, d)
         ista_input = self[1].norm(half)  # (B, N, d)
         out = self[1].fn(ista_input)  # (B, N, d)
         if self.sparsification_residual:
