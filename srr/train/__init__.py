@@ -4,7 +4,7 @@ Cross-entropy plus the SRR regulariser of HU24 §6 (MATH.md §6), a run folder t
 (config, metrics.jsonl, plots, atomic latest/best checkpoints), exact ``resume``, a NaN guard,
 and DistributedDataParallel under ``torchrun``.
 """
-from .callbacks import Callback, CSVLogger, JSONLLogger, TensorBoardLogger
+from .callbacks import Callback, CSVLogger, JSONLLogger, SRRMeasurement, TensorBoardLogger, default_callbacks
 from .config import OPTIMIZERS, TrainConfig, parse_layers
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import evaluate
@@ -13,7 +13,7 @@ from .run_dir import RunDir
 from .schedule import WarmupCosine, warmup_cosine
 
 __all__ = [
-    "Callback", "CSVLogger", "JSONLLogger", "TensorBoardLogger",
+    "Callback", "CSVLogger", "JSONLLogger", "SRRMeasurement", "TensorBoardLogger", "default_callbacks",
     "OPTIMIZERS",
     "NonFiniteLossError",
     "RunDir",

@@ -1,9 +1,12 @@
-"""Callbacks of :func:`srr.train.train` and the scalar loggers behind ``srr train --logger``.
+"""Callbacks of :func:`srr.train.train`: the per-epoch SRR measurement and the scalar loggers behind
+``srr train --logger`` use the same hooks a user's callback does.
 
 A callback overrides the hooks it needs; they run on rank 0 only, after the step or epoch is done
-(the trainer is passed for reading: ``trainer.model``, ``trainer.optimizer``, ``trainer.run_dir``).
-Loggers write per-step scalars every ``every`` steps (loss, cross-entropy, SRR regulariser, learning
-rate, gradient norm, throughput) and the per-epoch row of ``metrics.jsonl``.
+(the trainer is passed for reading: ``trainer.model``, ``trainer.optimizer``, ``trainer.run_dir``,
+``trainer.data``). :func:`default_callbacks` is what a run installs unless told otherwise: the
+measurement (HU24 §5, E4: μ_SRR of every layer on a fixed probe set, its keys in each epoch row, and
+``srr_layers.png``) and the logger of ``config.logger``, which writes per-step scalars every ``every``
+steps (loss, cross-entropy, SRR regulariser, learning rate, gradient norm, throughput) and the epoch rows.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import csv
 import json
 from pathlib import Path
 
-from srr._checks import check_choice, check_int
+from srr._checks import check_choice, check_eps, check_int, check_lam
 
 LOGGERS = ("jsonl", "csv", "tensorboard")
 
@@ -27,11 +30,47 @@ class Callback:
         """``scalars``: step, epoch, loss, cross_entropy, srr_reg (None without regulariser), lr,
         grad_norm, images_per_s."""
 
+    def on_epoch_metrics(self, trainer, row: dict) -> None:
+        """The epoch's row after validation, before it is recorded: add measurements to it (they reach
+        ``metrics.jsonl``, the epoch line, every ``on_epoch_end`` and the plots)."""
+
     def on_epoch_end(self, trainer, row: dict) -> None:
         """``row``: the epoch's ``metrics.jsonl`` row."""
 
+    def on_plots(self, trainer, rows: list[dict]) -> list[Path]:
+        """Write this callback's figures of the run's epoch ``rows`` into ``trainer.run_dir.plots``; return
+        their paths (listed in ``summary.json``). Called at the end of the run, and when it diverges."""
+        return []
+
     def on_train_end(self, trainer, result) -> None:
         pass
+
+
+class SRRMeasurement(Callback):
+    """μ_SRR (E4) of every layer's output on the run's probe images (``measure_samples`` training images)
+    after each epoch: ``srr_per_layer`` (0-based) and ``srr_mean`` in the epoch row; ``srr_layers.png``."""
+
+    def __init__(self, *, eps: float = 0.1, lam: float = 0.1):
+        self.eps, self.lam = check_eps(eps, "eps"), check_lam(lam, "lam")
+
+    def on_train_start(self, trainer) -> None:
+        if trainer.data.probe is None:
+            raise ValueError("SRRMeasurement needs probe images: measure_samples must be >= 1, got "
+                             f"{trainer.config.measure_samples}")
+
+    def on_epoch_metrics(self, trainer, row: dict) -> None:
+        from .srr_terms import measure_layers
+
+        per_layer = measure_layers(trainer.model, trainer.data.probe, eps=self.eps, lam=self.lam,
+                                   device=trainer.env.device)
+        row["srr_per_layer"] = per_layer
+        row["srr_mean"] = sum(per_layer) / len(per_layer)
+
+    def on_plots(self, trainer, rows: list[dict]) -> list[Path]:
+        from .plots import plot_srr_layers
+
+        path = plot_srr_layers(rows, trainer.run_dir.plots / "srr_layers.png")
+        return [path] if path is not None else []
 
 
 class ScalarLogger(Callback):
@@ -117,6 +156,18 @@ class TensorBoardLogger(ScalarLogger):
 
     def close(self) -> None:
         self.writer.close()
+
+
+def default_callbacks(config, run_dir: str | Path) -> list[Callback]:
+    """What a run of ``config`` (a ``TrainConfig``) in the folder ``run_dir`` installs unless told otherwise
+    (``train(..., defaults=False)``), before the caller's own callbacks: the :class:`SRRMeasurement` (when
+    ``measure_samples > 0``) and the logger of ``config.logger``."""
+    callbacks: list[Callback] = []
+    if config.measure_samples > 0:
+        callbacks.append(SRRMeasurement(eps=config.srr_eps, lam=config.srr_lam))
+    if config.logger is not None:
+        callbacks.append(build_logger(config.logger, run_dir, every=config.log_every))
+    return callbacks
 
 
 def build_logger(name: str, folder: str | Path, *, every: int) -> ScalarLogger:

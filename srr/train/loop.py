@@ -29,7 +29,7 @@ from torch import nn
 from srr.models import create_model
 
 from . import distributed as D
-from .callbacks import Callback, build_logger
+from .callbacks import Callback, default_callbacks
 from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
 from .data import RunData, TrainBatches, load_run_data
@@ -37,10 +37,10 @@ from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast, evaluate
 from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_signals
 from .optim import build_optimizer, build_schedule
-from .plots import plot_curves, plot_srr_layers
+from .plots import plot_curves
 from .report import Reporter
 from .run_dir import RunDir, default_run_name
-from .srr_terms import build_regularizer, measure_layers
+from .srr_terms import build_regularizer
 from .state import capture_rng, restore_rng, seed_everything
 
 # Options that may differ between a run and its resumption: they do not change the arithmetic.
@@ -99,10 +99,12 @@ class EpochSums:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def train(config: TrainConfig, *, console: Console | None = None, callbacks: Sequence[Callback] = ()) -> RunResult:
+def train(config: TrainConfig, *, console: Console | None = None, callbacks: Sequence[Callback] = (),
+          defaults: bool = True) -> RunResult:
     """Train as ``config`` says; output (progress bar, epoch lines) goes to ``console`` on rank 0.
     ``callbacks`` (:class:`srr.train.Callback`) run on rank 0 after each step and epoch, at the start and
-    the end; ``config.logger`` adds one.
+    the end, after :func:`srr.train.default_callbacks` (the per-epoch SRR measurement, the logger of
+    ``config.logger``); ``defaults=False`` runs ``callbacks`` alone.
 
     Raises ``ValueError``/``FileNotFoundError`` for bad options, data or run folders,
     :class:`NonFiniteLossError` when the loss diverges, :class:`TrainingInterrupted` after
@@ -113,7 +115,7 @@ def train(config: TrainConfig, *, console: Console | None = None, callbacks: Seq
     env = D.setup(config.device)
     try:
         with deterministic_algorithms(config.deterministic), cpu_threads(config.threads):
-            trainer = _Trainer(config, env, console, callbacks)
+            trainer = _Trainer(config, env, console, callbacks, defaults=defaults)
             with stop_on_signals() as stop:  # only once training starts: Ctrl-C during setup just stops
                 trainer.stop = stop
                 return trainer.run()
@@ -123,7 +125,7 @@ def train(config: TrainConfig, *, console: Console | None = None, callbacks: Seq
 
 class _Trainer:
     def __init__(self, config: TrainConfig, env: D.DistEnv, console: Console | None,
-                 callbacks: Sequence[Callback] = ()) -> None:
+                 callbacks: Sequence[Callback] = (), *, defaults: bool = True) -> None:
         self.config, self.env = config, env
         self.stop = StopRequest()  # replaced by the signal-driven one in train()
         self.console = console if env.is_main else None
@@ -169,9 +171,9 @@ class _Trainer:
                 self.run_dir.create()
                 self.run_dir.write_config({**config.to_dict(), "resolved": self._resolved()})
                 self.run_dir.metrics.unlink(missing_ok=True)  # rows of an attempt that never checkpointed
-        self.callbacks = list(callbacks) if env.is_main else []
-        if config.logger is not None and env.is_main:
-            self.callbacks.append(build_logger(config.logger, self.run_dir.root, every=config.log_every))
+        self.callbacks: list[Callback] = []
+        if env.is_main:
+            self.callbacks = [*(default_callbacks(config, self.run_dir.root) if defaults else []), *callbacks]
         D.barrier(env)
 
     # ----- run folder and resume ------------------------------------------------------------
@@ -382,10 +384,8 @@ class _Trainer:
                 improved = self.best_val is None or val["accuracy"] > self.best_val
                 if improved:
                     self.best_val, self.best_epoch = val["accuracy"], self.epoch + 1
-            if self.data.probe is not None:
-                per_layer = measure_layers(self.model, self.data.probe, config, device=env.device)
-                row["srr_per_layer"] = per_layer
-                row["srr_mean"] = sum(per_layer) / len(per_layer)
+            for callback in self.callbacks:
+                callback.on_epoch_metrics(self, row)
             row.update(
                 epoch_time_s=s.wall_s,
                 train_images_per_s=images / max(s.wall_s, 1e-9),
@@ -410,9 +410,10 @@ class _Trainer:
         if not self.env.is_main or not self.rows:
             return []
         self.run_dir.plots.mkdir(parents=True, exist_ok=True)
-        plots = [plot_curves(self.rows, self.run_dir.plots / "curves.png"),
-                 plot_srr_layers(self.rows, self.run_dir.plots / "srr_layers.png")]
-        return [p for p in plots if p is not None]
+        plots = [plot_curves(self.rows, self.run_dir.plots / "curves.png")]
+        for callback in self.callbacks:
+            plots += callback.on_plots(self, self.rows)
+        return plots
 
     def _finish(self) -> RunResult:
         env, config = self.env, self.config
