@@ -209,7 +209,7 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     assert_one_line_error(run("eval", garbage), 1, "could not read checkpoint")
     assert_one_line_error(run("measure", garbage), 1, "could not read checkpoint")
-    assert_one_line_error(run("eval", tmp_path / "nothing.pt"), 1, "does not exist")
+    assert_one_line_error(run("eval", tmp_path / "nothing.pt"), 2, "does not exist")  # a bad value
     assert_one_line_error(run("eval", tmp_path), 1, "not a run folder")
 
 

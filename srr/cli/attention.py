@@ -19,9 +19,9 @@ def attention_command(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     model_name: Annotated[Optional[str], typer.Option(
         "--model", help="Architecture of --pretrained weights without a config (a public CRATE .pth).")] = None,
-    pretrained: Annotated[Optional[Path], typer.Option(
+    pretrained: Annotated[Optional[str], typer.Option(
         help="Weights that are not an srr run (public CRATE .pth with --model, .safetensors, a "
-             "save_pretrained folder). Needs --dataset.")] = None,
+             "save_pretrained folder, hf://owner/repo). Needs --dataset.")] = None,
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset. Default: the one the checkpoint was trained on.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,

@@ -28,7 +28,7 @@ def load_model(path: Path, device):
     return model, extra.get("train_config")
 
 
-def load_any(checkpoint: Path | None, *, model_name: str | None, pretrained: Path | None, device):
+def load_any(checkpoint: Path | None, *, model_name: str | None, pretrained: str | None, device):
     """``(path, model, train config or None)`` from an srr run/checkpoint (``checkpoint``) or from weights
     that are not an srr run (``--model NAME --pretrained PATH``: public CRATE, safetensors, a folder)."""
     from srr.models import create_model
@@ -36,11 +36,32 @@ def load_any(checkpoint: Path | None, *, model_name: str | None, pretrained: Pat
     if pretrained is None:
         path = resolve_checkpoint(checkpoint)
         return (path, *load_model(path, device))
+    from srr.models.pretrained import parse_hub_spec
+
     model = create_model(model_name, pretrained=pretrained).to(device).eval()
-    return pretrained, model, None
+    hub = parse_hub_spec(pretrained)
+    # a hub repo's outputs go to the working folder, named after it (owner--repo-measure, ...)
+    return Path(hub[0].replace("/", "--")) if hub else Path(pretrained), model, None
 
 
-def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained: Path | None) -> None:
+def check_weights(value: str | None, option: str) -> str | None:
+    """``--pretrained`` / ``--init-from``: a hub source (``hf://owner/repo``, checked) or a path that exists;
+    a ValueError (exit code 2) otherwise."""
+    from srr.models.pretrained import parse_hub_spec
+
+    if value is None:
+        return None
+    try:
+        hub = parse_hub_spec(value)
+    except ValueError as error:
+        raise ValueError(f"{option}: {error}") from None
+    if hub is None and not Path(value).exists():
+        raise ValueError(f"{option} {value} does not exist; pass a save_pretrained folder, a run folder, a "
+                         f"checkpoint, a .safetensors or .pth file, or hf://owner/repo")
+    return value
+
+
+def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained: str | None) -> None:
     """The usage rules of CHECKPOINT / ``--model`` / ``--pretrained`` (a ValueError, exit code 2)."""
     from srr.models import list_models
 
@@ -51,6 +72,9 @@ def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained:
         raise ValueError("--model goes with --pretrained; an srr CHECKPOINT knows its own model")
     if model_name is not None and model_name not in list_models():
         raise ValueError(f"unknown model {model_name!r}; valid models: {', '.join(list_models())}")
+    if checkpoint is not None and not checkpoint.exists():
+        raise ValueError(f"checkpoint {checkpoint} does not exist; pass an srr checkpoint (.pt) or a run folder")
+    check_weights(pretrained, "--pretrained")
 
 
 def load_split(model, train_config: dict | None, *, split: str, dataset: str | None, data_dir, download: bool):

@@ -53,6 +53,7 @@ def fail(message: str, code: int = FAILED) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors(code: int = FAILED):
     """Turn the library's user-facing exceptions raised inside the block into :func:`fail`."""
+    from srr.models.pretrained import MissingPackageError
     from srr.train.errors import NonFiniteLossError, TrainingInterrupted
 
     if os.environ.get("SRR_DEBUG"):
@@ -63,7 +64,7 @@ def user_errors(code: int = FAILED):
     except TrainingInterrupted as error:
         stderr().print(f"[bold yellow]interrupted:[/] {escape(str(error))}")
         raise typer.Exit(code=INTERRUPTED) from None
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, MissingPackageError) as error:
         raise fail(str(error), FAILED) from None
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         raise fail(str(error), code) from None

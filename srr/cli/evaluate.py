@@ -18,9 +18,9 @@ def eval_command(
     model_name: Annotated[Optional[str], typer.Option(
         "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
                         "(a public CRATE .pth), e.g. crate_tiny.")] = None,
-    pretrained: Annotated[Optional[Path], typer.Option(
+    pretrained: Annotated[Optional[str], typer.Option(
         help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
-             "save_pretrained folder. Needs --dataset.")] = None,
+             "save_pretrained folder, or hf://owner/repo on the Hugging Face hub. Needs --dataset.")] = None,
     split: Annotated[str, typer.Option(help="train, val (held out by srr train) or test.")] = "test",
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset. Default: the one the checkpoint was trained on.")] = None,
@@ -48,13 +48,13 @@ def eval_command(
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
         metrics = evaluate(model, data, device=dev, batch_size=batch_size)
     name = dataset or (train_config or {}).get("dataset")
-    result = {"checkpoint": str(path), "dataset": name, "split": split, "n": metrics["n"],
+    result = {"checkpoint": pretrained or str(path), "dataset": name, "split": split, "n": metrics["n"],
               "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
     console = stdout()
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table(title=f"srr eval: {path}", header_style="bold")
+    table = Table(title=f"srr eval: {result['checkpoint']}", header_style="bold")
     for column in ("dataset", "split", "images", "accuracy", "loss"):
         table.add_column(column, justify="right" if column not in ("dataset", "split") else "left")
     table.add_row(str(name), split, str(metrics["n"]), f"{metrics['accuracy']:.2%}", f"{metrics['loss']:.4f}")

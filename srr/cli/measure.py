@@ -26,9 +26,9 @@ def measure_command(
     model_name: Annotated[Optional[str], typer.Option(
         "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
                         "(a public CRATE .pth), e.g. crate_tiny.")] = None,
-    pretrained: Annotated[Optional[Path], typer.Option(
+    pretrained: Annotated[Optional[str], typer.Option(
         help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
-             "save_pretrained folder. Needs --dataset.")] = None,
+             "save_pretrained folder, or hf://owner/repo on the Hugging Face hub. Needs --dataset.")] = None,
     split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
     samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
     eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
@@ -66,7 +66,7 @@ def measure_command(
                         progress=fmt == "table")
         folder = out or default_out(path)
         folder.mkdir(parents=True, exist_ok=True)
-        table.info.update(split=split, checkpoint=str(path))
+        table.info.update(split=split, checkpoint=pretrained or str(path))
         table.to_csv(folder / "measure.csv")
         table.to_json(folder / "measure.json")
         plot = table.plot(folder / "measure.png")

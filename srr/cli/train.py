@@ -89,10 +89,10 @@ def train(
         help="The model's own ε (not ε²): the distortion of R^c in the crate_exact and crate_derived layers "
              "(CRATEConfig.eps). Not the regulariser's: see --srr-eps. Default: the model's own.",
         rich_help_panel="Model")] = None,
-    init_from: Annotated[Optional[Path], typer.Option(
+    init_from: Annotated[Optional[str], typer.Option(
         help="Fine-tune from these weights: a save_pretrained folder, a run folder, a checkpoint, a .safetensors "
-             "file or a public CRATE .pth (then --model names its architecture). A new class count gets a new "
-             "head, a new image size an interpolated position embedding.",
+             "file, a public CRATE .pth (then --model names its architecture) or hf://owner/repo on the Hugging "
+             "Face hub. A new class count gets a new head, a new image size an interpolated position embedding.",
         rich_help_panel="Model")] = None,
     grad_checkpointing: Annotated[bool, typer.Option(
         "--grad-checkpointing",
@@ -206,13 +206,15 @@ def train(
     from srr.train import TrainConfig
     from srr.train import train as run_training
 
+    from .checkpoints import check_weights
+
     console = stdout() if is_rank_zero() else None
     with user_errors(USAGE):
         if not resume:
             check_names(model=model, dataset=dataset, variant=variant)
         options = TrainConfig(
             model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
-            init_from=None if init_from is None else str(init_from), grad_checkpointing=grad_checkpointing,
+            init_from=check_weights(init_from, "--init-from"), grad_checkpointing=grad_checkpointing,
             layer_decay=layer_decay,
             dataset=dataset,
             data_dir=None if data_dir is None else str(data_dir), download=download, augment=augment,

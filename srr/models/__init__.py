@@ -5,7 +5,7 @@ from srr.models.checkpoints import (CheckpointError, load_public_state_dict, rea
 from srr.models.config import VARIANTS, CRATEConfig
 from srr.models.crate import CRATE
 from srr.models.param_groups import param_groups
-from srr.models.pretrained import interpolate_pos_embedding, load_pretrained, save_pretrained
+from srr.models.pretrained import interpolate_pos_embedding, load_pretrained, push_to_hub, save_pretrained
 from srr.models.registry import create_model, list_models, list_variants, register_model
 from srr.models import zoo as _zoo  # noqa: F401  (registers the built-in models)
 
@@ -13,5 +13,5 @@ __all__ = [
     "CRATE", "CRATEConfig", "CRATEBlock", "PreNorm", "LayerTokens", "VARIANTS",
     "create_model", "list_models", "list_variants", "register_model",
     "save_checkpoint", "read_checkpoint", "load_public_state_dict", "unwrap_state_dict", "CheckpointError",
-    "param_groups", "save_pretrained", "load_pretrained", "interpolate_pos_embedding",
+    "param_groups", "save_pretrained", "load_pretrained", "push_to_hub", "interpolate_pos_embedding",
 ]

@@ -7,6 +7,10 @@ CRATE checkpoint (MATH.md §4.3), strictly, with the two fine-tuning adaptations
   the CLS position kept.
 
 Anything else that does not fit raises a ``CheckpointError`` naming the keys (never a partial load).
+
+The Hugging Face hub holds the same folder: :func:`push_to_hub` uploads it, and ``hf://owner/repo`` (or
+timm's ``hf-hub:owner/repo``, either with ``@revision``) is accepted wherever a path is. Both need the
+optional ``huggingface_hub`` package (``pip install 'srr[hub]'``); without it they say so in one line.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import json
 import logging
 import math
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,7 +34,13 @@ from srr.models.config import CRATEConfig
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HEAD = ("mlp_head.1.weight", "mlp_head.1.bias")
+HUB_PREFIXES = ("hf://", "hf-hub:")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 logger = logging.getLogger("srr")
+
+
+class MissingPackageError(ImportError):
+    """An optional package that a requested feature needs is not installed; the message says what to install."""
 
 
 # ----- writing ---------------------------------------------------------------------------------
@@ -54,10 +66,72 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
+# ----- the Hugging Face hub --------------------------------------------------------------------
+def _huggingface_hub(what: str):
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise MissingPackageError(f"{what} needs the huggingface_hub package, which is not installed: "
+                                  f"pip install 'srr[hub]' (or pip install huggingface_hub)") from None
+    return huggingface_hub
+
+
+def parse_hub_spec(spec: str | os.PathLike) -> tuple[str, str | None] | None:
+    """``(repo_id, revision or None)`` of ``hf://owner/repo[@revision]`` or ``hf-hub:owner/repo[@revision]``;
+    None for anything else (a local path)."""
+    if not isinstance(spec, str):
+        return None
+    prefix = next((p for p in HUB_PREFIXES if spec.startswith(p)), None)
+    if prefix is None:
+        return None
+    repo_id, at, revision = spec[len(prefix):].partition("@")
+    if not _REPO_ID.match(repo_id) or (at and not revision):
+        raise ValueError(f"a hub source must look like {prefix}owner/repo or {prefix}owner/repo@revision, "
+                         f"got {spec!r}")
+    return repo_id, revision or None
+
+
+def download_from_hub(spec: str) -> Path:
+    """The local folder (``model.safetensors`` + ``config.json``, in the hub's cache) of ``hf://owner/repo``."""
+    repo_id, revision = parse_hub_spec(spec)
+    hub = _huggingface_hub(f"loading {spec!r}")
+    try:
+        folder = hub.snapshot_download(repo_id, revision=revision, allow_patterns=[WEIGHTS, CONFIG],
+                                       library_name="srr")
+    except (OSError, ValueError) as e:  # the hub's errors: not found, gated, offline, no network
+        reason = " ".join(str(e).split())
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise FileNotFoundError(f"could not fetch {spec!r} from the Hugging Face hub ({type(e).__name__}: "
+                                f"{reason})") from e
+    if not (Path(folder) / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{spec!r} holds no {WEIGHTS}; srr reads hub repos written by push_to_hub "
+                                f"(save_pretrained's folder)")
+    return Path(folder)
+
+
+def push_to_hub(model: nn.Module, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                token: str | None = None, commit_message: str | None = None):
+    """Upload ``model``'s :func:`save_pretrained` folder to the hub repo ``repo_id`` (created if missing);
+    ``create_model(pretrained="hf://" + repo_id)`` reads it back. Returns the hub's ``CommitInfo``."""
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ValueError(f"repo_id must look like 'owner/repo', got {repo_id!r}")
+    hub = _huggingface_hub("push_to_hub")
+    name = getattr(getattr(model, "config", None), "name", None) or type(model).__name__
+    api = hub.HfApi(token=token)
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 commit_message=commit_message or f"srr: upload {name}")
+
+
 # ----- reading ---------------------------------------------------------------------------------
 def read_pretrained(path: str | os.PathLike) -> tuple[dict | None, dict[str, Tensor], str]:
     """``(config dict or None, state dict, source)`` from any of the accepted forms; ``None``: a bare
     state dict (the public CRATE code's), whose architecture the caller names."""
+    if parse_hub_spec(path) is not None:
+        config, state_dict, _ = read_pretrained(download_from_hub(str(path)))
+        return config, state_dict, f"hub weights {str(path)!r}"
     path = Path(path)
     if path.is_dir():
         if (path / WEIGHTS).is_file():

@@ -56,8 +56,8 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
     strict: missing, unexpected or mis-shaped keys raise a ``CheckpointError`` listing them.
 
     ``pretrained``: weights to start from (fine-tuning): a :func:`srr.models.save_pretrained`
-    folder, a run folder, an srr checkpoint, a ``.safetensors`` file or a public CRATE checkpoint
-    (``name`` required for the last). As strict, except that a ``num_classes`` given here that
+    folder, a run folder, an srr checkpoint, a ``.safetensors`` file, a public CRATE checkpoint
+    (``name`` required for it) or ``hf://owner/repo`` on the Hugging Face hub (needs ``huggingface_hub``). As strict, except that a ``num_classes`` given here that
     differs re-initialises the head, and a different ``image_size`` interpolates the position
     embedding (srr/models/pretrained.py).
     """
