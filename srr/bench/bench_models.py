@@ -10,6 +10,12 @@ linear maps, so the token-wise work can speed up by at most 5/3 ≈ 1.67×.
 ``crate_exact`` (the exact gradient step of R^c, E6) and ``crate_derived`` (the same step from
 autodiff, srr.derive) are timed against the same baseline, to show what exactness costs.
 
+When timm is installed (``pip install srr[bench]``), ``variant="crate"`` is also timed against timm's
+ViT of equal parameter count in the same interleaved rounds: ``vit_tiny_patch16_224`` (d 192, 12
+layers, 3 heads, MLP 4d: 12d² per layer = CRATE-Tiny's 3·384²) for ``crate_tiny``,
+``vit_small_patch16_224`` for ``crate_base``, re-configured to the benchmark's image size, patch size
+and 10 classes (``--timm-model`` overrides; ``none`` skips). Without timm the result says so.
+
 Model FLOP utilisation (MFU) = model FLOP/s / measured matmul peak. Model FLOPs count the
 arithmetic the *math* needs, the same for every implementation of it (2 FLOPs per multiply-add):
 - patch embedding ``2·n·P·d``; head ``2·d·C``;
@@ -150,6 +156,27 @@ class Runner:
     infer_times: list
 
 
+# timm's ViT of (about) the same parameter count as each srr size: 12d² per ViT layer = 3d² per CRATE layer
+TIMM_EQUAL_PARAMS = {"crate_tiny": "vit_tiny_patch16_224", "crate_base": "vit_small_patch16_224"}
+
+
+def timm_vit(name: str, cfg: CRATEConfig) -> tuple[nn.Module | None, str]:
+    """timm's ``name`` at the benchmark's image size, patch size and classes, and how it was built; (None,
+    why) when timm is not installed or has no such model."""
+    try:
+        import timm
+    except ImportError:
+        return None, "not measured: timm is not installed (pip install 'srr[bench]')"
+    call = (f"timm.create_model({name!r}, img_size={cfg.image_size}, patch_size={cfg.patch_size}, "
+            f"num_classes={cfg.num_classes}, in_chans={cfg.in_chans})")
+    try:
+        model = timm.create_model(name, img_size=cfg.image_size, patch_size=cfg.patch_size,
+                                  num_classes=cfg.num_classes, in_chans=cfg.in_chans)
+    except Exception as error:  # an unknown name, or a timm too old for these arguments
+        return None, f"not measured: {call} failed: {type(error).__name__}: {error}"
+    return model, f"{call} (timm {timm.__version__})"
+
+
 def _train_step(r: Runner, x, y, amp):
     r.model.train()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -199,6 +226,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--slow-steps", type=int, default=2, help="timed steps for crate_exact/crate_derived")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile both models (not crate_derived)")
+    ap.add_argument("--timm-model", default="auto",
+                    help="timm model timed beside variant crate (auto: equal parameters, see TIMM_EQUAL_PARAMS; none)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -208,8 +237,8 @@ def main(argv=None) -> list[dict]:
     name = args.model or ("crate_base" if gpu else "crate_tiny")
     image = args.image_size or (224 if gpu else 32)
     patch = args.patch_size or (16 if gpu else 4)
-    train_steps = args.train_steps or (20 if gpu else 4)
-    infer_steps = args.infer_steps or (20 if gpu else 6)
+    train_steps = args.train_steps or (20 if gpu else 5)
+    infer_steps = args.infer_steps or (20 if gpu else 10)
     amp = gpu  # bf16 autocast on GPU, float32 on CPU
 
     peak_dtype = torch.bfloat16 if amp else torch.float32
@@ -239,12 +268,27 @@ def main(argv=None) -> list[dict]:
         return Runner(label, model, torch.optim.AdamW(model.parameters(), lr=1e-4), [], [])
 
     baseline = runner("baseline (public code)", ref)
+    timm_name = TIMM_EQUAL_PARAMS.get(name) if args.timm_model == "auto" else args.timm_model
+    if timm_name in (None, "none"):
+        vit, timm_note = None, f"not measured: no timm model named for {name} (--timm-model)"
+    else:
+        vit, timm_note = timm_vit(timm_name, base_cfg)
+    if vit is not None:
+        vit = vit.to(device)
+        print(f"timm: {timm_note}, {sum(p.numel() for p in vit.parameters()) / 1e6:.3f}M parameters")
+    else:
+        print(f"timm: {timm_note}")
     results = []
+    timm_runner = None
     for variant, model in runners_by_variant.items():
         r = runner(f"srr {variant}", model)
         slow = variant in ("crate_exact", "crate_derived")
         base = Runner(baseline.label, baseline.model, baseline.opt, [], [])
-        time_interleaved([base, r], x, y, train_steps=args.slow_steps if slow else train_steps,
+        group = [base, r]
+        if variant == "crate" and vit is not None:
+            timm_runner = runner(f"timm {timm_name}", vit)
+            group.append(timm_runner)
+        time_interleaved(group, x, y, train_steps=args.slow_steps if slow else train_steps,
                          infer_steps=args.slow_steps if slow else infer_steps, amp=amp, device=device)
         results.append((variant, model, base, r))
 
@@ -270,6 +314,17 @@ def main(argv=None) -> list[dict]:
                             baseline_train_img_s=args.batch / bt, baseline_infer_img_s=args.batch / bi,
                             train_speedup=bt / tt, infer_speedup=bi / ti, mfu_train=3 * flops / tt / peak,
                             mfu_infer=flops / ti / peak, matmul_peak_flops=peak))
+        if variant == "crate":
+            summary[-1].update(timm_model=timm_name, timm_note=timm_note)
+            if timm_runner is not None:
+                vt, vi = statistics.median(timm_runner.train_times), statistics.median(timm_runner.infer_times)
+                vparams = sum(p.numel() for p in timm_runner.model.parameters())
+                print(f"{'timm':<12} {timm_name[:24]:<24} {vparams / 1e6:>7.2f}M {args.batch / vt:>12.1f} "
+                      f"{args.batch / vi:>12.1f} {bt / vt:>8.2f} {bi / vi:>8.2f}   (srr crate vs it: train "
+                      f"{vt / tt:.2f}x, inference {vi / ti:.2f}x)")
+                summary[-1].update(timm_params=vparams, timm_train_img_s=args.batch / vt,
+                                   timm_infer_img_s=args.batch / vi, timm_train_speedup=vt / tt,
+                                   timm_infer_speedup=vi / ti)
     sys.stdout.flush()
     return summary
 
