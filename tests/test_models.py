@@ -6,8 +6,6 @@ with temperature p^{-1/2}, an untied output Linear, the 3-matmul ISTA step, no I
 """
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -455,22 +453,12 @@ def test_fast_variants_trace_into_one_graph(variant):
     torch.testing.assert_close(compiled(x), model(x))
 
 
-@pytest.mark.slow
-def test_exact_variant_compiles_with_graph_breaks():
-    # the checked solve of srr.linalg branches on its data (Cholesky failure): not one graph
-    model = small("crate_exact").eval()
-    x = images(model)
-    torch.testing.assert_close(torch.compile(model, backend="eager")(x), model(x))
-
-
-def test_derived_layers_run_eagerly_under_compile_and_say_so():
-    model = small("crate_derived", depth=1).eval()
-    x = images(model)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = torch.compile(model, backend="eager")(x)
-    torch.testing.assert_close(out, model(x))
-    assert any("eagerly" in str(w.message) for w in caught)
+def test_exact_and_derived_variants_trace_into_one_graph():
+    # no data-dependent branch (srr.linalg, srr._checks) and no eager-only derived layer: tests/test_compile.py
+    for variant in ("crate_exact", "crate_derived"):
+        model = small(variant, depth=1).eval()
+        x = images(model)
+        torch.testing.assert_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
 
 
 @pytest.mark.slow

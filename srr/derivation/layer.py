@@ -45,23 +45,28 @@ def _penalty_weight(objective: Objective) -> float:
 class DerivedLayer(nn.Module):
     """``forward(x) -> Z``: ``steps`` derived steps (``derive_step``) from ``Z₀ = x`` (``start="input"``)
     or ``Z₀ = 0`` (``start="zero"``, codes of width ``code_dim``), with ``X = x`` when the objective
-    has a signal. ``x (..., N, dim)``; the output is the next tokens (or codes), not an update.
+    has a signal. ``x (..., N, dim)``; the output is the next tokens (or codes), or with
+    ``output="update"`` the update ``Z − x`` that a residual block (CRATE's compression half-step) adds.
     """
 
     def __init__(self, objective: Term | Objective, step_size: StepSize, *, dim: int, heads: int | None = None,
                  head_dim: int | None = None, code_dim: int | None = None, steps: int = 1, start: str = "input",
-                 learn_step_size: bool = False, learn_lam: bool = False, frozen=(), **init: Tensor):
+                 learn_step_size: bool = False, learn_lam: bool = False, frozen=(), output: str = "tokens",
+                 **init: Tensor):
         super().__init__()
         self.step = derive_step(objective, step_size)
         self.objective = self.step.objective
         check_int(dim, "dim", minimum=1, what="the token width d")
         check_int(steps, "steps", minimum=1)
         check_choice(start, "start", ("input", "zero"))  # Z₀ = x or Z₀ = 0
+        self.output = check_choice(output, "output", ("tokens", "update"))  # Z⁺, or Z⁺ − x for a residual block
         self.dim, self.steps, self.start = dim, steps, start
         self.code_dim = dim if code_dim is None else int(code_dim)
         if start == "input" and self.code_dim != dim:
             raise ValueError(f"start='input' needs code_dim == dim (codes start at the input), got "
                              f"code_dim={code_dim}, dim={dim}")
+        if output == "update" and self.code_dim != dim:
+            raise ValueError(f"output='update' (Z⁺ − x) needs code_dim == dim, got code_dim={code_dim}, dim={dim}")
         if start == "zero" and "X" not in self.objective.requires:
             raise ValueError(f"start='zero' needs an objective with a signal X (e.g. LeastSquares), got "
                              f"{self.objective}")
@@ -128,13 +133,14 @@ class DerivedLayer(nn.Module):
         scale = None if self.lam0 is None else self.lam.clamp_min(0) / self.lam0
         for _ in range(self.steps):
             Z = self.step.apply(Z, params, step_size=kappa, prox_scale=scale)
-        return Z
+        return Z - x if self.output == "update" else Z
 
     def extra_repr(self) -> str:
         s = self.step.step_size
         size = "auto" if isinstance(s, BoundFraction) and s.fraction == 1 else s
         return (f"objective={self.objective}, step_size={size}, steps={self.steps}, start={self.start!r}, "
-                f"learn_step_size={self.learn_step_size}, learn_lam={self.lam0 is not None}")
+                f"learn_step_size={self.learn_step_size}, learn_lam={self.lam0 is not None}"
+                + (", output='update'" if self.output == "update" else ""))
 
 
 def derive(objective: Term | Objective, step_size: StepSize = "auto", **options) -> DerivedLayer:
@@ -142,8 +148,9 @@ def derive(objective: Term | Objective, step_size: StepSize = "auto", **options)
 
     Options (keyword-only): ``dim`` (required), ``heads``/``head_dim`` (for ``U``), ``code_dim``
     (width of the codes, default ``dim``), ``steps`` (default 1), ``start`` (``"input"`` or
-    ``"zero"``), ``learn_step_size``, ``learn_lam``, ``frozen`` (names kept as buffers), and initial
-    values by name (``U=...``, ``D=...``).
+    ``"zero"``), ``learn_step_size``, ``learn_lam``, ``frozen`` (names kept as buffers), ``output``
+    (``"tokens"``: ``Z⁺``; ``"update"``: ``Z⁺ − x``, for a block's residual branch), and initial values
+    by name (``U=...``, ``D=...``).
 
     >>> compress = derive(CompressedCodingRate(eps=0.5), step_size=0.1, dim=384, heads=6)   # Z − κ∇R^c(Z; U)
     >>> ista = derive(LeastSquares() + L1(lam=0.1) + NonNegative(), step_size=0.1, dim=384)  # (E10)

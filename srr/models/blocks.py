@@ -8,10 +8,8 @@ State-dict keys are the public code's; hook points: ``docs/guide-layers.md``, se
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from srr.layers import ISTA, MSSA, TSSA, ExactCompression, OvercompleteISTA
@@ -95,10 +93,10 @@ class CRATEBlock(nn.ModuleList):
         return f"sparsification_residual={self.sparsification_residual}, drop_path={self.drop_path}"
 
 
-class _EagerOnly(nn.Module):
-    """Runs ``layer`` eagerly even inside ``torch.compile`` (derived layers are a reference)."""
-
-    warned = False
+class _Derived(nn.Module):
+    """A layer built by ``srr.derive`` in a block: its output is the next tokens, the block's compression
+    half-step adds an update, so ``as_update`` returns ``layer(x) − x``. Compiles with the rest of the
+    model (``torch.func.grad`` traces into the graph; docs/guide-derive.md, "Compiling derived layers")."""
 
     def __init__(self, layer: nn.Module, *, as_update: bool):
         super().__init__()
@@ -114,22 +112,8 @@ class _EagerOnly(nn.Module):
         return self.layer.dictionary
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
-            _warn_eager()
-        return self._run(x)
-
-    @torch.compiler.disable
-    def _run(self, x: Tensor) -> Tensor:
         out = self.layer(x)  # (B, N, d), the next tokens
         return out - x if self.as_update else out
-
-
-@torch.compiler.disable
-def _warn_eager() -> None:
-    if not _EagerOnly.warned:
-        _EagerOnly.warned = True
-        warnings.warn("crate_derived: layers built by srr.derive run eagerly; torch.compile compiles only "
-                      "the rest of the model", stacklevel=2)
 
 
 def _compression(cfg: CRATEConfig) -> nn.Module:
@@ -138,7 +122,7 @@ def _compression(cfg: CRATEConfig) -> nn.Module:
 
         layer = derive(variants.mssa_exact(cfg.eps), step_size=cfg.compression_step_size,
                        dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim)
-        return _EagerOnly(layer, as_update=True)  # derived returns Z − κ∇R^c(Z); the block adds the update
+        return _Derived(layer, as_update=True)  # derived returns Z − κ∇R^c(Z); the block adds the update
     if cfg.variant == "crate_exact":
         return ExactCompression(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, eps=cfg.eps,
                                 step_size=cfg.compression_step_size, backend=cfg.backend)
@@ -155,7 +139,7 @@ def _sparsification(cfg: CRATEConfig) -> nn.Module:
         from srr.derivation import derive, variants
 
         layer = derive(variants.ista(cfg.lam), step_size=cfg.step_size, dim=cfg.dim)
-        return _EagerOnly(layer, as_update=False)
+        return _Derived(layer, as_update=False)
     if cfg.variant == "crate_alpha":
         return OvercompleteISTA(cfg.dim, expansion=cfg.expansion, steps=cfg.ista_steps,
                                 step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)

@@ -22,7 +22,7 @@ VARIANTS: dict[str, str] = {
     "crate_identity": "Hu et al. CRATE-Identity: the identity output matrix (needs heads·head_dim = dim)",
     "crate_exact": "ours: the exact gradient step Z − κ∇R^c(Z; U) of (E6), p×p solves, no softmax",
     "crate_alpha": "CRATE-α: overcomplete ISTA (d×4d, two steps from 0, decoder D₁) with a residual",
-    "crate_derived": "every layer built by srr.derive from its objective (slow reference, eager only)",
+    "crate_derived": "every layer built by srr.derive from its objective (autodiff reference; compiles, fullgraph)",
     "tost": "Wu et al. ToST: TSSA (a step on R^c_var, E13; linear in N, untied output) in place of MSSA, ISTA kept",
 }
 
