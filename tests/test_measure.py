@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torchvision
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srr import measure as srr_measure
@@ -65,6 +65,28 @@ def test_crate_measurement_equals_plain_computation_from_intermediates(crate, di
     expected = sum(sparse_rate_reduction(Z, b.subspaces.detach(), 0.5, 0.1).mean()
                    for Z, b in zip(outs, crate.blocks()))
     assert _rel(result.srr, expected.item() / len(outs)) < 1e-10
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 5))
+def test_fast_crate_measurement_equals_the_rates_of_each_site_on_random_images(seed, batch):
+    """measure reads each token set in place, sharing R, ‖Z‖₀, ‖Z‖₁ between Z^{ℓ+1} and Z^{ℓ+1}'s mssa_in:
+    per image it must give exactly the rates functions' values (float64, relative error)."""
+    torch.manual_seed(seed)
+    model = create_model("crate_nano", depth=3).double().eval()
+    x = torch.randn(batch, 1, 8, 8, dtype=torch.float64) * torch.rand(()).item() * 3
+    result = measure(model, x, eps=0.3, lam=0.2, progress=False)
+    with torch.no_grad():
+        _, layers = model.forward_intermediates(x)
+    for row in result:
+        t = layers[row.layer]
+        Z = {"mssa_in": t.input, "half": t.half, "out": t.output}[row.site]
+        U = model.blocks()[row.layer].subspaces.detach()
+        assert _rel(row.R, coding_rate(Z, 0.3).mean().item()) < 1e-10
+        assert _rel(row.Rc, compressed_coding_rate(Z, U, 0.3).mean().item()) < 1e-10
+        assert _rel(row.srr, sparse_rate_reduction(Z, U, 0.3, 0.2).mean().item()) < 1e-10
+        assert row.l0 == (Z != 0).sum((-2, -1)).double().mean().item()
+        assert _rel(row.l1, Z.abs().sum((-2, -1)).mean().item()) < 1e-12
 
 
 def test_a_layer_output_is_the_next_layers_mssa_input(crate, digits):

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from srr._checks import check_eps, check_int, check_lam
 from srr.measurement.subspaces import check_policy_subspaces, make_policy
 from srr.measurement.table import SITES, Measurement, MeasurementRow
-from srr.measurement.terms import SRRTerms, sample_terms
+from srr.measurement.terms import SRRTerms, sample_terms, sparsity_counts, terms_from_parts
 from srr.measurement.tokens import TokenCapture, as_sites, is_crate
-from srr.rates import coding_rate, variational_compressed_coding_rate
+from srr.rates import coding_rate, compressed_coding_rate, variational_compressed_coding_rate
 
 __all__ = ["measure"]
 
@@ -46,17 +46,19 @@ def _images(batch) -> tuple[Tensor, Tensor | None]:
 
 
 class _Accumulator:
-    """Float64 running sums of every part, per (layer, site, module)."""
+    """Float64 running sums of every part, per (layer, site, module): one reduction per layer and batch."""
 
     def __init__(self):
         self.sums: dict[tuple[int, str, str], Tensor] = {}
         self.rc_var: dict[tuple[int, str, str], Tensor] = {}  # TSSA layers only (E12)
         self.count = 0
 
-    def add(self, layer: int, site: str, module: str, terms: SRRTerms) -> None:
-        sums = torch.stack([t.double().sum() for t in terms])  # (6,)
-        key = (layer, site, module)
-        self.sums[key] = self.sums[key] + sums if key in self.sums else sums
+    def add(self, layer: int, sites: tuple[str, ...], module: str, parts: Tensor) -> None:
+        """``parts (S, 6, B)``: the six :class:`SRRTerms` of each of the S sites, per sample."""
+        sums = parts.sum(-1, dtype=torch.float64)  # (S, 6)
+        for site, row in zip(sites, sums):
+            key = (layer, site, module)
+            self.sums[key] = self.sums[key] + row if key in self.sums else row
 
     def add_rc_var(self, layer: int, site: str, module: str, values: Tensor) -> None:
         key, total = (layer, site, module), values.double().sum()
@@ -78,22 +80,28 @@ class _Accumulator:
 
 
 def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names, sites) -> None:
+    """Every layer's sites from one ``forward_intermediates`` pass, each token set read in place (no stacking).
+
+    R (E1), ‖Z‖₀ and ‖Z‖₁ depend on the token set alone: they are computed once per distinct set
+    (Z^{ℓ+1} is also layer ℓ+1's ``mssa_in``); R^c (E2) once per site, with the layer's own U^ℓ.
+    """
     _, layers = model.forward_intermediates(x)
-    subspaces = model.layer_subspaces()
     blocks = model.blocks()
-    known: dict[int, Tensor] = {}  # R of a token set by identity: Z^{ℓ+1} is also layer ℓ+1's input
-    for ell, (tokens, U) in enumerate(zip(layers, subspaces)):
-        Zs = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}
-        Zs = [Zs[site] for site in sites]
-        new = [Z for Z in Zs if id(Z) not in known]
-        if new:
-            for Z, R in zip(new, coding_rate(torch.stack(new), eps, check_finite=False)):  # one batched call
-                known[id(Z)] = R
-        R = torch.stack([known[id(Z)] for Z in Zs])  # (S, B)
-        terms = sample_terms(torch.stack(Zs), U.detach(), eps=eps, lam=lam, R=R)  # each (S, B)
-        for i, site in enumerate(sites):
-            acc.add(ell, site, names[ell], SRRTerms(*(t[i] for t in terms)))
-        membership = getattr(blocks[ell].compression, "membership", None)
+    known: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # id(Z) -> (R, ‖Z‖₀, ‖Z‖₁), each (B,)
+    for ell, (tokens, block) in enumerate(zip(layers, blocks)):
+        U = block.subspaces.detach()
+        by_site = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}
+        Zs = [by_site[site] for site in sites]
+        parts = []
+        for Z in Zs:
+            if id(Z) not in known:
+                R = coding_rate(Z, eps, check_finite=False)  # (B,)
+                known[id(Z)] = (R, *sparsity_counts(Z, R.dtype))
+            R, l0, l1 = known[id(Z)]
+            Rc = compressed_coding_rate(Z, U, eps, check_finite=False)  # (B,)
+            parts.append(torch.stack(terms_from_parts(R, Rc, l0, l1, size=Z.shape[-2] * Z.shape[-1], lam=lam)))
+        acc.add(ell, sites, names[ell], torch.stack(parts))  # (S, 6, B)
+        membership = getattr(block.compression, "membership", None)
         if membership is not None:  # TSSA: its own objective, with the layer's membership Π held fixed
             Pi = membership(tokens.mssa_input)  # (B, N, K)
             for site, Z in zip(sites, Zs):
@@ -168,7 +176,7 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
                         policy.fit(tokens, y)
                     for i, (site, Z) in enumerate(zip(token_sites, tokens)):
                         U = check_policy_subspaces(policy.subspaces(i), Z.shape[-1], site.label).detach()
-                        acc.add(i, "out", site.label, sample_terms(Z, U, eps=eps, lam=lam))
+                        acc.add(i, ("out",), site.label, torch.stack(sample_terms(Z, U, eps=eps, lam=lam))[None])
                 acc.count += len(x)
                 advance()
                 if limit is not None and acc.count >= limit:

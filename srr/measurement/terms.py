@@ -20,7 +20,7 @@ from srr.linalg import working_dtype
 from srr.measurement.distributed import all_reduce_sum, global_gram
 from srr.rates import coding_rate, compressed_coding_rate, rates_from_gram, srr_from_parts
 
-__all__ = ["SRRTerms", "batch_terms", "mean_terms", "sample_terms"]
+__all__ = ["SRRTerms", "batch_terms", "mean_terms", "sample_terms", "sparsity_counts", "terms_from_parts"]
 
 
 class SRRTerms(NamedTuple):
@@ -48,11 +48,21 @@ def sample_terms(Z: Tensor, U: Tensor, *, eps: float, lam: float, R: Tensor | No
     if R is None:
         R = coding_rate(Z, eps, check_finite=check_finite)  # (...)
     Rc = compressed_coding_rate(Z, U, eps, check_finite=False)  # (...)
+    return terms_from_parts(R, Rc, *sparsity_counts(Z, Rc.dtype), size=Z.shape[-2] * Z.shape[-1], lam=lam)
+
+
+def sparsity_counts(Z: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(‖Z‖₀, ‖Z‖₁)`` of each token set ``Z (..., N, d)``, each ``(...)`` in ``dtype``, without gradient.
+
+    ``count_nonzero`` reads Z once and builds no boolean copy of it (``(Z != 0).sum()`` does).
+    """
     with torch.no_grad():
-        nonzero = (Z != 0).sum((-2, -1)).to(Rc.dtype)  # (...)
-        l1 = Z.abs().sum((-2, -1), dtype=Rc.dtype)
-    size = Z.shape[-2] * Z.shape[-1]
-    return SRRTerms(R, Rc, nonzero, l1, 1.0 - nonzero / size, srr_from_parts(R, Rc, nonzero, lam))
+        return torch.count_nonzero(Z, dim=(-2, -1)).to(dtype), Z.abs().sum((-2, -1), dtype=dtype)
+
+
+def terms_from_parts(R: Tensor, Rc: Tensor, l0: Tensor, l1: Tensor, *, size: int, lam: float) -> SRRTerms:
+    """:class:`SRRTerms` of token sets of ``size = N·d`` entries from R (E1), R^c (E2), ‖Z‖₀ and ‖Z‖₁."""
+    return SRRTerms(R, Rc, l0, l1, 1.0 - l0 / size, srr_from_parts(R, Rc, l0, lam))
 
 
 def batch_terms(F: Tensor, U: Tensor, *, eps: float, lam: float, group=None) -> SRRTerms:
