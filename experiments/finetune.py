@@ -20,6 +20,7 @@ checkpoints stay in ``--work`` (default ``runs/finetune``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -165,6 +166,9 @@ def write_readme(path: Path, payload: dict) -> None:
     steps = "\n".join(f"{i}. `{entry['command']}` ({entry['wall_s']} s)" for i, entry in enumerate(payload["steps"], 1))
     evaluated = payload["public_checkpoint"]["eval"]
     model_srr_value, classes = payload["public_checkpoint"]["model_srr"], payload["classes"]
+    test_images = setting["per_class_test"] * len(classes)
+    accuracy = runs["finetuned"]["test_accuracy"]
+    standard_error = math.sqrt(accuracy * (1 - accuracy) / test_images)
     text = f"""# Fine-tuning a public-format CRATE checkpoint from the CLI
 
 `{payload['command']}` — {payload['cpu_wall_s']} s of commands on {machine['processor']} ({machine['cpus']} CPUs,
@@ -182,7 +186,8 @@ class, taken from CIFAR-10's *test* JPEGs, which pre-training never saw (its cla
 ({setting['epochs']}), seed, learning rate and schedule.
 
 {table}
-Fine-tuned minus scratch test accuracy: **{payload['finetuned_minus_scratch']:+.4f}**.
+Fine-tuned minus scratch test accuracy: **{payload['finetuned_minus_scratch']:+.4f}** on {test_images} test images
+(binomial standard error of each accuracy ≈ {standard_error:.4f}); one seed, one short pre-training.
 
 The fine-tuning run said: {'; '.join(n.split('note:', 1)[1].strip() for n in payload['public_checkpoint']['notes'])}.
 
