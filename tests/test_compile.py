@@ -60,6 +60,16 @@ def test_explain_finds_no_graph_break_in_inference(kind):
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
 
 
+@pytest.mark.parametrize("variant", ["crate_exact", "crate_derived"])
+def test_auto_step_size_compiles_without_branching_on_the_bound(variant):
+    # κ = 1/L (E7) is computed from U at every call: traced, not branched on
+    torch.manual_seed(0)
+    model = create_model("crate_nano", variant=variant, compression_step_size="auto", **TINY)
+    x = torch.randn(2, 1, 8, 8)
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert relative_error(out, model(x)) <= 1e-5
+
+
 def test_reference_backend_of_exact_compression_compiles():
     # the derived reference used to break the graph on its finiteness check (bool of a tensor)
     model = create_model("crate_nano", variant="crate_exact", backend="reference", **TINY)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from srr._checks import check_eps, check_number
@@ -58,8 +59,15 @@ def lipschitz_bound(objective, Z: Tensor, **params) -> float:
 
 
 def auto_step_size(objective, Z: Tensor, **params) -> float:
-    """``1/L`` with ``L = lipschitz_bound(objective, Z, **params)`` (``inf`` if the smooth part is empty)."""
+    """``1/L`` with ``L = lipschitz_bound(objective, Z, **params)`` (``inf`` if the smooth part is empty).
+
+    Under ``torch.compile`` a bound computed from parameters (E7, E11) is traced, not a number: no
+    branch on it (``1/L`` is then ``inf`` for ``L = 0`` as well)."""
+    if not Objective.of(objective).smooth_part().terms:
+        return math.inf
     L = lipschitz_bound(objective, Z, **params)
+    if torch.compiler.is_compiling():
+        return 1.0 / L
     return math.inf if L == 0 else 1.0 / L
 
 

@@ -94,7 +94,7 @@ class Step:
         multiplied by ``prox_scale`` (a learnable λ: ``prox_{κ·ρg} = g.prox(·, κρ)``)."""
         self._check_params(params)
         kappa = self.resolve_step_size(Z, params) if step_size is None else step_size
-        if isinstance(kappa, float) and not math.isfinite(kappa):
+        if not torch.compiler.is_compiling() and isinstance(kappa, float) and not math.isfinite(kappa):
             raise ValueError(f"step_size resolved to {kappa} for {self.objective}: "
                              f"'auto' needs a smooth part with a bound")
         V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
