@@ -313,3 +313,22 @@ def _train(weight: float, steps: int = 40) -> float:
 def test_training_with_the_regulariser_lowers_the_regularised_layers_srr():
     without, with_reg = _train(0.0), _train(0.05)
     assert with_reg < without - 5.0, (without, with_reg)  # about 50 vs 36 at 40 steps
+
+
+# ----- the benchmark's floor ------------------------------------------------------------------
+
+def test_the_benchmarks_floor_computes_the_rates_and_their_gradients():
+    """The floor srr.bench.bench_regularizer times is the real arithmetic: R, R^c (E1, E2) and the
+    gradients autograd gives (E5, E6), in float64 on fresh random tokens, for p <= N <= d."""
+    from srr.bench.bench_regularizer import _floor_rates
+
+    g = torch.Generator().manual_seed(5)
+    Z = torch.randn(3, 9, 16, generator=g, dtype=torch.float64).requires_grad_()
+    U = (torch.randn(2, 16, 4, generator=g, dtype=torch.float64) / 4).requires_grad_()
+    R, Rc, grad_Z, grad_U = _floor_rates(Z, U, eps=0.5, backward=True)
+    R_ref, Rc_ref = coding_rate(Z, 0.5), compressed_coding_rate(Z, U, 0.5)
+    torch.testing.assert_close(R, R_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(Rc, Rc_ref, rtol=1e-12, atol=0)
+    ref_Z, ref_U = torch.autograd.grad((Rc_ref - R_ref).sum(), (Z, U))
+    torch.testing.assert_close(grad_Z, ref_Z, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_U, ref_U, rtol=1e-10, atol=1e-12)
