@@ -3,6 +3,7 @@ and bad input (one red line, a non-zero exit, never a traceback)."""
 import dataclasses
 import inspect
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -224,4 +225,56 @@ def test_bench_prints_the_headline_table():
 
 
 def test_bench_rejects_unknown_benchmarks():
-    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, train")
+    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, compile, train")
+
+
+def test_bench_names_the_machine_and_writes_its_rows_to_json(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run("bench", "--quick", "--only", "train", "--device", "cpu", "--threads", "1", "--json", path)
+    assert result.exit_code == 0, result.output
+    data = json.loads(path.read_text())
+    assert data["command"] == f"srr bench --quick --only train --device cpu --threads 1 --json {path}"
+    assert set(data["machine"]) >= {"cpu", "cores", "threads", "torch", "device"} and data["machine"]["threads"] == 1
+    words = " ".join(result.stdout.split())  # the caption may wrap
+    assert "1 of" in words and "cores used" in words and f"torch {data['machine']['torch']}" in words
+    (row,) = data["rows"]
+    assert row["benchmark"] == "train" and row["unit"] == "×" and row["value"] > 0 and row["target"] == ">= 1"
+
+
+def test_bench_headlines_say_not_measured_for_missing_keys_and_no_times_sign_on_errors():
+    from srr.cli.bench import _compile, _models, _rates, _regularizer
+
+    for rows in (_regularizer({}), _compile({}), _rates({})):
+        assert rows and all(h.value is None and h.met is None and h.shown() == "not measured" for h in rows)
+    assert [h.target for h in _regularizer({})] == ["<= 1.25 (#12.1)", "<= 1.4 (#12.1)", "<= 1.05 (#12.1)",
+                                                    ">= 0.8 (#12.2)"]
+    error = _rates({"Rc_speedup": 2.0, "float32_max_rel_err": 3e-5})[1]
+    assert error.met and error.shown() == "3.00e-05" and "×" not in error.shown()
+    seconds = _compile({"derived_compiled_compile_train_s": 12.5})[2]
+    assert seconds.shown() == "12.5 s"
+    crate = _models([{"variant": "crate", "train_speedup": 1.7, "infer_speedup": 1.5,
+                      "timm_note": "not measured: timm is not installed"}])
+    assert [h.met for h in crate] == [True, False, None, None]
+    assert "timm is not installed" in crate[3].metric
+
+
+@pytest.mark.parametrize("name", [
+    "rates", "train",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("layers", "models", "regularizer", "compile")),
+])
+def test_bench_quick_runs_each_benchmark_from_the_package(name, tmp_path):
+    """``srr bench`` needs nothing outside the package (no repository checkout): run from an empty folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import srr
+
+    path = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(srr.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "srr", "bench", "--quick", "--only", name, "--device", "cpu",
+                           "--threads", "2", "--json", str(path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(path.read_text())["rows"]
+    assert rows and all(r["benchmark"] == name and "error" not in r for r in rows), rows
