@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
                         help="alternating rounds: timed steps per configuration (default 7; at least 7 for a headline)")
     parser.add_argument("--images", type=int, default=None, help="images measured (default: 10,000 on GPU, 256 on CPU)")
     parser.add_argument("--measure-batch", type=int, default=None, help="default: 500 on GPU, 64 on CPU")
-    parser.add_argument("--measure-rounds", type=int, default=None, help="default: 3 on GPU, 7 on CPU")
+    parser.add_argument("--measure-rounds", type=int, default=None, help="default: --steps, else 3 on GPU, 7 on CPU")
     parser.add_argument("--autocast", choices=["none", "bf16"], default="none")
     parser.add_argument("--skip", choices=["training", "measure"], default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -220,7 +220,8 @@ def main(argv=None) -> dict:
     if args.skip != "measure":
         result["measure"] = bench_measure(device, images=args.images or (10_000 if gpu else 256),
                                           batch=args.measure_batch or (500 if gpu else 64),
-                                          rounds=args.measure_rounds or (3 if gpu else 7), autocast=autocast)
+                                          rounds=args.measure_rounds or args.steps or (3 if gpu else 7),
+                                          autocast=autocast)
         m = result["measure"]
         print(f"measure over {m['images']} images, median of {m['rounds']} rounds: "
               f"plain {m['images_per_s']['plain']:.0f} img/s, measure {m['images_per_s']['measure']:.0f} img/s | "
