@@ -5,16 +5,52 @@ import logging
 from typing import Annotated
 
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from .attention import attention_command
 from .bench import bench_command
 from .derive import derive_command
+from .errors import FAILED, USAGE, fail
 from .evaluate import eval_command
 from .measure import measure_command
 from .models import models_command
 from .train import train
 
+def _click_exceptions():
+    """The exceptions of the click that typer runs on (typer >= 0.22 vendors its own as ``typer._click``)."""
+    vendored = getattr(typer.core, "_click", None)
+    if vendored is not None:
+        return vendored.exceptions
+    import click
+
+    return click.exceptions
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """click's usage errors (an unparsable value, an unknown option, a missing argument) as one red line
+    naming the command's --help, exit code 2, like every other bad value (srr/cli/errors.py)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        exceptions = _click_exceptions()
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except getattr(exceptions, "NoArgsIsHelpError", ()):  # plain `srr`: the help, as click shows it
+            return super().main(*args, **kwargs)
+        except exceptions.UsageError as error:
+            hint = f" (see: {error.ctx.command_path} --help)" if error.ctx is not None else ""
+            raise SystemExit(fail(f"{error.format_message()}{hint}", USAGE).exit_code) from None
+        except exceptions.ClickException as error:
+            raise SystemExit(fail(error.format_message(), error.exit_code).exit_code) from None
+        except exceptions.Abort:
+            raise SystemExit(fail("aborted", FAILED).exit_code) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="srr",
     help="Sparse rate reduction: train, evaluate and measure white-box CRATE transformers.",
     add_completion=True,

@@ -33,17 +33,18 @@ def attention_command(
     """Attention maps (each head's CLS attention over the patches) and a PCA of patch features, as a PNG."""
     import torch
 
-    from srr.train.distributed import resolve_device
     from srr.visualize import plot_attention
 
-    from .checkpoints import check_source, load_any, load_split
+    from .checkpoints import check_data_options, check_out_folder, check_source, load_any, load_split
 
     with user_errors(USAGE):
         if images < 1:
             raise ValueError(f"--images must be a positive integer, got {images}")
+        if out is not None:
+            check_out_folder(out.parent, "--out's folder")
         check_source(checkpoint, model_name=model_name, pretrained=pretrained)
+        dev = check_data_options(split=split, dataset=dataset, data_dir=data_dir, download=download, device=device)
     with user_errors():
-        dev = resolve_device(device)
         path, model, train_config = load_any(checkpoint, model_name=model_name, pretrained=pretrained, device=dev)
         depth = len(model.blocks())
         if not -depth <= layer < depth:

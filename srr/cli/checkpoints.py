@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SPLITS = ("train", "val", "test")
+
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint file as given, or a run folder's ``checkpoints/latest.pt``."""
@@ -59,6 +61,34 @@ def check_weights(value: str | None, option: str) -> str | None:
         raise ValueError(f"{option} {value} does not exist; pass a save_pretrained folder, a run folder, a "
                          f"checkpoint, a .safetensors or .pth file, or hf://owner/repo")
     return value
+
+
+def check_data_options(*, split: str, dataset: str | None, data_dir: Path | None, download: bool, device: str):
+    """The data and device options of eval / measure / attention, before anything is loaded (ValueErrors,
+    exit code 2); returns the resolved device."""
+    from srr.data import list_datasets
+    from srr.train.distributed import resolve_device
+
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if dataset is not None and dataset not in list_datasets():
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}")
+    check_data_dir(data_dir, download=download)
+    return resolve_device(device)
+
+
+def check_data_dir(data_dir: Path | None, *, download: bool) -> None:
+    """A ``--data-dir`` given must exist, unless ``--download`` is to fill it."""
+    if data_dir is not None and not download and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is not a folder; pass the folder holding the dataset "
+                         f"(or --download to fetch it there)")
+
+
+def check_out_folder(folder: Path | None, option: str = "--out") -> None:
+    """An output folder given must be a folder or not exist yet (it is created)."""
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None) if folder is not None else None
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{option} {folder} cannot be a folder: {blocking} is a file; pass a folder path")
 
 
 def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained: str | None) -> None:

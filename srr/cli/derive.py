@@ -9,6 +9,7 @@ in which F did not increase.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -57,7 +58,9 @@ def _step_size(text: str):
     try:
         value = float(text)
     except ValueError:
-        raise fail(f"--step-size must be 'auto' or a number > 0, got {text!r}", USAGE) from None
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise fail(f"--step-size must be 'auto' or a finite number > 0, got {text!r}", USAGE)
     return value
 
 
@@ -82,13 +85,15 @@ def derive_command(
         for name, value in (("dim", dim), ("heads", heads), ("tokens", tokens), ("trials", trials)):
             if value < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
+        if seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {seed}")
         parsed = parse(objective)
-    with user_errors():
         torch.manual_seed(seed)
         needs_heads = "U" in parsed.requires
         if needs_heads and dim % heads:
             raise ValueError(f"--dim ({dim}) must be divisible by --heads ({heads}) for the subspaces U")
         layer = derive(parsed, kappa, dim=dim, **({"heads": heads} if needs_heads else {}))
+        # an objective that cannot be stepped (e.g. 0*R: no Lipschitz bound for κ = 'auto') is a bad OBJECTIVE too
         check = check_descent(layer, tokens=tokens, trials=trials, seed=seed)
     smooth, nonsmooth = parsed.smooth_part(), parsed.nonsmooth_part()
     console = stdout()

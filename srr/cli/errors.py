@@ -1,6 +1,7 @@
 """The CLI's error boundary: errors a user can act on become one red line and an exit code,
-never a traceback. Unexpected exceptions (bugs) still show theirs; ``SRR_DEBUG=1`` shows every
-traceback."""
+never a traceback: 2 for a bad value (a ValueError inside ``user_errors(USAGE)``, click's usage errors),
+1 for files that are missing or unusable (data, checkpoints) and runs that fail. Unexpected exceptions
+(bugs) still show theirs; ``SRR_DEBUG=1`` shows every traceback."""
 from __future__ import annotations
 
 import contextlib
@@ -53,6 +54,7 @@ def fail(message: str, code: int = FAILED) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors(code: int = FAILED):
     """Turn the library's user-facing exceptions raised inside the block into :func:`fail`."""
+    from srr.models.checkpoints import CheckpointError
     from srr.models.pretrained import MissingPackageError
     from srr.train.errors import NonFiniteLossError, TrainingInterrupted
 
@@ -66,7 +68,9 @@ def user_errors(code: int = FAILED):
         raise typer.Exit(code=INTERRUPTED) from None
     except (NonFiniteLossError, MissingPackageError) as error:
         raise fail(str(error), FAILED) from None
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        raise fail(str(error), FAILED) from None  # the files are missing or unusable: the values were fine
+    except ValueError as error:
         raise fail(str(error), code) from None
     except OSError as error:
         raise fail(f"{type(error).__name__}: {error}", FAILED) from None

@@ -34,16 +34,15 @@ def eval_command(
 ) -> None:
     """Accuracy and loss of a trained model on a split."""
     from srr.train import evaluate
-    from srr.train.distributed import resolve_device
 
-    from .checkpoints import check_source, load_any, load_split
+    from .checkpoints import check_data_options, check_source, load_any, load_split
 
     with user_errors(USAGE):
         if batch_size < 1:
             raise ValueError(f"--batch-size must be a positive integer, got {batch_size}")
         check_source(checkpoint, model_name=model_name, pretrained=pretrained)
+        dev = check_data_options(split=split, dataset=dataset, data_dir=data_dir, download=download, device=device)
     with user_errors():
-        dev = resolve_device(device)
         path, model, train_config = load_any(checkpoint, model_name=model_name, pretrained=pretrained, device=dev)
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
         metrics = evaluate(model, data, device=dev, batch_size=batch_size)

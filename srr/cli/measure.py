@@ -46,10 +46,10 @@ def measure_command(
     fmt: Annotated[str, typer.Option("--format", help="What to print: table, csv or json.")] = "table",
 ) -> None:
     """Per-layer R, R^c, ΔR, sparsity and μ_SRR of a trained model, with PNG plots."""
+    from srr._checks import check_eps, check_lam
     from srr.measurement import measure
-    from srr.train.distributed import resolve_device
 
-    from .checkpoints import check_source, load_any, load_split
+    from .checkpoints import check_data_options, check_out_folder, check_source, load_any, load_split
 
     with user_errors(USAGE):
         if fmt not in FORMATS:
@@ -57,9 +57,12 @@ def measure_command(
         for name, value in (("samples", samples), ("batch-size", batch_size)):
             if value < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
+        check_eps(eps, "--eps")
+        check_out_folder(out)
+        check_lam(lam, "--lam")
         check_source(checkpoint, model_name=model_name, pretrained=pretrained)
+        dev = check_data_options(split=split, dataset=dataset, data_dir=data_dir, download=download, device=device)
     with user_errors():
-        dev = resolve_device(device)
         path, model, train_config = load_any(checkpoint, model_name=model_name, pretrained=pretrained, device=dev)
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
         table = measure(model, data, eps=eps, lam=lam, limit=samples, batch_size=batch_size, device=dev,

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .errors import stdout, user_errors
+from .errors import USAGE, fail, stdout, user_errors
 
 
 def model_rows(pattern: str = "*") -> list[dict]:
@@ -40,10 +40,11 @@ def models_command(
 
     with user_errors():
         rows = model_rows(pattern)
-    console = stdout()
     if not rows:
-        console.print(f"no registered model matches {pattern!r}")
-        raise typer.Exit(code=1)
+        from srr.models import list_models
+
+        raise fail(f"no registered model matches {pattern!r}; models: {', '.join(list_models())}", USAGE)
+    console = stdout()
     table = Table(title="srr models", header_style="bold")
     for column in ("name", "d", "depth", "K", "p", "image", "patch", "classes", "params"):
         table.add_column(column, justify="left" if column == "name" else "right", no_wrap=column in ("name", "image"))

@@ -206,12 +206,14 @@ def train(
     from srr.train import TrainConfig
     from srr.train import train as run_training
 
-    from .checkpoints import check_weights
+    from .checkpoints import check_data_dir, check_out_folder, check_weights
 
     console = stdout() if is_rank_zero() else None
     with user_errors(USAGE):
         if not resume:
             check_names(model=model, dataset=dataset, variant=variant)
+        if not grad_clip >= 0:  # NaN too
+            raise ValueError(f"--grad-clip must be a number >= 0 (0 disables clipping), got {grad_clip}")
         options = TrainConfig(
             model=model, variant=variant, patch_size=patch_size, dropout=dropout, model_eps=model_eps,
             init_from=check_weights(init_from, "--init-from"), grad_checkpointing=grad_checkpointing,
@@ -237,7 +239,11 @@ def train(
             config = resumed_config(ctx, TrainConfig.load(config_path), options)
         else:
             config = options
-    with user_errors():
+        check_data_dir(data_dir, download=download)
+        check_out_folder(out)
+    # What the run itself finds wrong with its options (a patch size that does not divide the image size, a
+    # layer index beyond the model) is a bad value too; missing data and unusable weights exit 1.
+    with user_errors(USAGE):
         result = run_training(config, console=console if progress else None)
     if console is not None:
         console.print(fit(summary_table(result)))

@@ -53,6 +53,9 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
             raise ValueError(f"device {name!r} asked for CUDA, which is not available here; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        elif device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} names a GPU that is not here: this machine has "
+                             f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {name!r} asked for MPS, which is not available here; use --device cpu")
     return device
