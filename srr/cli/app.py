@@ -17,8 +17,9 @@ from .measure import measure_command
 from .models import models_command
 from .train import train
 
+
 def _click_exceptions():
-    """The exceptions of the click that typer runs on (typer >= 0.22 vendors its own as ``typer._click``)."""
+    """The exceptions of the click that typer runs on (recent typer vendors its own, ``typer._click``)."""
     vendored = getattr(typer.core, "_click", None)
     if vendored is not None:
         return vendored.exceptions
