@@ -259,6 +259,12 @@ def test_ista_inference_forms_its_matrix_once_and_follows_weight_updates():
     layer.load_state_dict({"weight": torch.zeros(16, 16)})
     with torch.inference_mode():
         assert torch.allclose(layer(x), torch.relu(x - 0.01), atol=1e-7)  # D = 0: ReLU(x − ηλ)
+    del layer.weight  # a replaced parameter (its memory may be reused) is a new matrix too
+    layer.weight = torch.nn.Parameter(torch.eye(16))  # D = I: M = 0
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), torch.relu(x - 0.01), atol=1e-7)
+        layer.step_size = 0.5  # a float hyperparameter changed: M = 0 still, threshold 0.05
+        assert torch.allclose(layer(x), torch.relu(x - 0.05), atol=1e-7)
 
 
 def test_ista_rejects_bad_arguments():

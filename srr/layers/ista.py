@@ -2,10 +2,9 @@
 
     ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x (I + M) − ηλ),   M = η (D − DᵀD)      (E10')
 
-``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA; on the CPU in inference, oneDNN's
-matmul with the bias and ReLU fused, and ``I + M`` formed once per weight update rather than per
-forward); ``OvercompleteISTA`` is CRATE-α's
-(overcomplete D, k steps from 0, decoder D₁). Details: ``docs/guide-layers.md``, section
+``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA; in CPU inference oneDNN's matmul with
+bias and ReLU fused, ``I + M`` formed once per weight update, not per forward). ``OvercompleteISTA`` is
+CRATE-α's (overcomplete D, k steps from 0, decoder D₁). Details: ``docs/guide-layers.md``, section
 ``srr/layers/ista.py``.
 """
 from __future__ import annotations
@@ -84,7 +83,7 @@ class ISTA(nn.Module):
         else:
             self.step_size, self.lam = step_size, lam
         self.weight = nn.Parameter(_public_init(dim, dim))  # D: (d, d)
-        self._cached = None  # (key, (I + M)ᵀ, −ηλ·1), reused while no gradient is needed (inference)
+        self._cached = None  # (key, parameters, (I + M)ᵀ, −ηλ·1), reused while no gradient is needed
 
     @property
     def dictionary(self) -> Tensor:
@@ -107,25 +106,30 @@ class ISTA(nn.Module):
         gradient is needed and the parameters are unchanged (inference forms it once, not per forward)."""
         key = self._cache_key()
         if key is not None and self._cached is not None and self._cached[0] == key:
-            return self._cached[1], self._cached[2]
+            return self._cached[2], self._cached[3]
         M = self.effective_matrix()
         W = (M + torch.eye(self.dim, device=M.device, dtype=M.dtype)).mT  # (d, d), the weight of x ↦ x (I + M)
         b = -self.threshold() * M.new_ones(self.dim)  # (d,)
         if key is not None:
             W = W.contiguous()
-            self._cached = (key, W, b)
+            self._cached = (key, self._cache_params(), W, b)
         return W, b
 
     def _cache_key(self):
         """What ``linear_form`` depends on, or None where it must be recomputed (autograd, compile, inference
         tensors, whose version is not tracked)."""
-        params = [self.weight] + ([self.step_size, self.lam] if self.learnable else [])
+        params = self._cache_params()
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return None
         if any(p.is_inference() for p in params):
             return None
-        versions = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._cached is not None and any(a is not b for a, b in zip(self._cached[1], params)):
+            self._cached = None  # a parameter was replaced: its address may be reused, so compare objects too
+        versions = tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         return versions if self.learnable else versions + (self.step_size, self.lam)
+
+    def _cache_params(self) -> tuple[Tensor, ...]:
+        return (self.weight,) + ((self.step_size, self.lam) if self.learnable else ())
 
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
         if self.backend == "reference":
