@@ -1,15 +1,20 @@
-"""Numerically robust linear algebra for coding rates.
+"""Numerically robust linear algebra for coding rates (E1, E2).
 
 Every rate in the library is ``½ logdet(I + s·G)`` for a symmetric positive semi-definite Gram
-matrix ``G``: its eigenvalues are ≥ 1, so Cholesky succeeds in exact arithmetic, but in float32 a
-large ``s·‖G‖`` can make it fail. Failures are detected from Cholesky's error code *as a tensor*
-and the failed matrices alone are redone in float64 (with a relative jitter far below float32
-resolution), never returned as a silent NaN.
+matrix ``G``. Float32 tokens lose that value two ways (docs/math.md, "Numerics"): forming ``I + sG``
+rounds ``sG`` away when ``s·tr G`` is small, and a float32 Gram moves its zero eigenvalues by about
+``eps·‖G‖``, which a large ``s`` turns into spurious ``log(s·eps·‖G‖)`` terms. So Grams are
+accumulated and factorised in float64 (they are at most a few hundred wide), a short series
+replaces the Cholesky factor when ``s·tr G`` is small, and the gradient ``s (I + sG)⁻¹`` is read off
+the same factor. A factorisation that still fails is redone with a relative jitter, never returned
+as a silent NaN.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+SERIES_MAX_TRACE = 1e-3  # s·tr G at or below this: 4-term series, truncation ≤ (s·tr G)⁴/5 relative
 
 
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -17,12 +22,61 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype Grams are accumulated and factorised in: float64 wherever the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class _Gram(torch.autograd.Function):
+    """``ZᵀZ`` (``features=True``) or ``ZZᵀ`` accumulated in float64; the backward stays in ``Z``'s dtype."""
+
+    generate_vmap_rule = True  # torch.func: hessian, jacfwd(jacrev)
+
+    @staticmethod
+    def forward(Z, features):
+        Z64 = Z.to(accumulation_dtype(Z.device), memory_format=torch.contiguous_format)
+        return Z64.mT @ Z64 if features else Z64 @ Z64.mT
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.features = inputs[1]
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (Z,) = ctx.saved_tensors
+        grad = grad.to(Z.dtype)  # the gradient needs Z's precision only, not float64's
+        sym = grad + grad.mT
+        return (Z @ sym if ctx.features else sym @ Z), None
+
+
+
+class _GramJvp(_Gram):
+    """``_Gram`` with forward-mode AD (``torch.func.jvp``, ``hessian``), which Dynamo cannot trace."""
+
+    @staticmethod
+    def jvp(ctx, tangent, _):
+        (Z,) = ctx.saved_tensors
+        Z, tangent = (t.to(accumulation_dtype(t.device)) for t in (Z, tangent))
+        half = Z.mT @ tangent if ctx.features else Z @ tangent.mT
+        return half + half.mT
+
+
+def _traceable(fn: type, with_jvp: type) -> type:
+    """``fn`` under ``torch.compile`` (Dynamo rejects a custom ``jvp``), ``with_jvp`` otherwise."""
+    return fn if torch.compiler.is_compiling() else with_jvp
+
+
 def gram(Z: Tensor) -> Tensor:
     """The smaller Gram matrix of ``Z (..., N, d)``: ``ZᵀZ (d×d)`` if ``d ≤ N`` else ``ZZᵀ (N×N)``.
 
     By Sylvester's identity ``det(I_d + αZᵀZ) = det(I_N + αZZᵀ)``, so either gives the rate.
+    Accumulated in float64 (``accumulation_dtype``): a float32 Gram of a rank-deficient ``Z`` has
+    eigenvalues of ±eps·‖G‖ where they should be 0. ``Z`` may be a strided view (no copy is needed
+    before the call: the conversion makes one).
     """
-    return Z.mT @ Z if Z.shape[-1] <= Z.shape[-2] else Z @ Z.mT
+    return _traceable(_Gram, _GramJvp).apply(Z, Z.shape[-1] <= Z.shape[-2])
 
 
 def _identity_plus(G: Tensor, scale) -> Tensor:
@@ -31,44 +85,164 @@ def _identity_plus(G: Tensor, scale) -> Tensor:
     return eye + scale * G
 
 
-def _cholesky_logdet(M: Tensor) -> Tensor:
-    L = torch.linalg.cholesky_ex(M)[0]  # only non-finite input can still fail here: NaN in, NaN out
-    return 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+def _series_logdet(X: Tensor) -> Tensor:
+    """``logdet(I + X) = Σ_k (−1)^{k+1} tr(X^k)/k`` to k = 4, for symmetric PSD ``X`` with ``tr X ≤ 1e-3``.
 
-
-def _masked_logdet(M: Tensor, failed: Tensor) -> Tensor:
-    """Redo the matrices flagged in ``failed`` in float64; the others keep the fast path.
-
-    Masking with the identity keeps both branches finite, so ``where`` passes no NaN into the
-    gradient of the branch it discards.
+    Each ``tr(X^k)`` is a sum of non-negative eigenvalue powers, so it keeps its relative accuracy
+    however small ``X`` is; the truncation is ≤ ``(tr X)⁴/5`` relative.
     """
-    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
-    mask = failed[..., None, None]
-    fast = _cholesky_logdet(torch.where(mask, eye, M))
-    M64 = torch.where(mask, M, eye).double()
-    jitter = 1e-13 * M64.diagonal(dim1=-2, dim2=-1).amax(-1)
-    slow = _cholesky_logdet(M64 + jitter[..., None, None] * eye.double())
-    return torch.where(failed, slow.to(M.dtype), fast)
+    X2 = X @ X
+    t1 = X.diagonal(dim1=-2, dim2=-1).sum(-1)
+    t2, t3, t4 = (X * X).sum((-2, -1)), (X2 * X).sum((-2, -1)), (X2 * X2).sum((-2, -1))
+    return t1 - t2 / 2 + t3 / 3 - t4 / 4
+
+
+def _jitter(M: Tensor, failed: Tensor) -> Tensor:
+    """``M + δI`` where ``failed``, ``δ = 4m·eps·max diag M``: far below the rounding of the failed ``M``."""
+    m = M.shape[-1]
+    delta = 4 * m * torch.finfo(M.dtype).eps * M.diagonal(dim1=-2, dim2=-1).amax(-1)
+    delta = torch.where(failed, delta, torch.zeros_like(delta))
+    return M + delta[..., None, None] * torch.eye(m, dtype=M.dtype, device=M.device)
+
+
+def _checked_cholesky(M: Tensor) -> Tensor:
+    """Cholesky factor of symmetric ``M`` whose eigenvalues are ≥ 1 in exact arithmetic.
+
+    A factorisation that fails (rounding made ``M`` indefinite) is redone with a jitter. Eagerly on
+    the CPU only the failed matrices are redone (the error code is read directly); under
+    ``torch.compile`` or on a device every matrix is refactorised with a jitter where it failed,
+    so the graph does not branch on data and the host does not wait for the device.
+    """
+    L, info = torch.linalg.cholesky_ex(M)
+    failed = info != 0
+    if M.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(failed.any()):
+            L = L.clone()
+            L[failed] = torch.linalg.cholesky_ex(_jitter(M[failed], failed[failed]))[0]
+        return L
+    return torch.where(failed[..., None, None], torch.linalg.cholesky_ex(_jitter(M, failed))[0], L)
+
+
+class _InverseFromCholesky(torch.autograd.Function):
+    """``(I + sG)⁻¹`` from its Cholesky factor ``L``, differentiable in ``G`` and ``s`` (not in ``L``)."""
+
+    generate_vmap_rule = True  # torch.func: hessian, jacfwd(jacrev)
+
+    @staticmethod
+    def forward(G, scale, L):
+        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+        L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+        return L_inv.mT @ L_inv
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        G, scale, _ = inputs
+        ctx.scale = scale
+        saved = (G, output, scale if isinstance(scale, Tensor) else None)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def backward(ctx, grad):
+        G, M_inv, scale_t = ctx.saved_tensors
+        scale = ctx.scale if scale_t is None else scale_t
+        grad_M = -(M_inv @ grad @ M_inv)  # d(M⁻¹) = −M⁻¹ dM M⁻¹, dM = s dG + ds G
+        return _scale_grads(ctx, grad_M, G, scale) + (None,)
+
+
+class _InverseFromCholeskyJvp(_InverseFromCholesky):
+    @staticmethod
+    def jvp(ctx, tangent_G, tangent_scale, _):
+        G, M_inv, scale_t = ctx.saved_tensors
+        dM = _tangent_M(G, ctx.scale if scale_t is None else scale_t, tangent_G, tangent_scale)
+        return -(M_inv @ dM @ M_inv)
+
+
+def _inverse_from_cholesky(G: Tensor, scale, L: Tensor) -> Tensor:
+    return _traceable(_InverseFromCholesky, _InverseFromCholeskyJvp).apply(G, scale, L)
+
+
+def _tangent_M(G: Tensor, scale, tangent_G: Tensor | None, tangent_scale: Tensor | None) -> Tensor:
+    """``dM = s dG + ds G`` for ``M = I + sG`` (forward mode)."""
+    dM = torch.zeros_like(G)
+    if tangent_G is not None:
+        dM = dM + tangent_G * (scale[..., None, None] if isinstance(scale, Tensor) else scale)
+    if tangent_scale is not None:
+        dM = dM + tangent_scale[..., None, None] * G
+    return dM
+
+
+def _scale_grads(ctx, grad_M: Tensor, G: Tensor, scale, weight: Tensor | None = None) -> tuple:
+    """Gradients in ``G`` and ``s`` of a function of ``M = I + sG``, given ``weight·grad_M`` (``weight (...)``)."""
+    grad_G = grad_scale = None
+    if ctx.needs_input_grad[0]:
+        factor = scale if weight is None else weight * scale  # (...) or a float: one pass over grad_M
+        grad_G = grad_M * (factor[..., None, None] if isinstance(factor, Tensor) else factor)
+    if isinstance(scale, Tensor) and ctx.needs_input_grad[1]:
+        grad_scale = (grad_M * G).sum((-2, -1))
+        grad_scale = (grad_scale if weight is None else weight * grad_scale).sum_to_size(scale.shape)
+    return grad_G, grad_scale
+
+
+class _LogdetIdentityPlus(torch.autograd.Function):
+    """``logdet(I + sG)`` and its gradient ``s (I + sG)⁻¹`` from one Cholesky factor (no second one)."""
+
+    generate_vmap_rule = True  # torch.func: hessian, jacfwd(jacrev)
+
+    @staticmethod
+    def forward(G, scale):
+        M = G * (scale[..., None, None] if isinstance(scale, Tensor) else scale)
+        M.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + sG in one pass over G
+        L = _checked_cholesky(M)
+        logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        trace = scale * G.diagonal(dim1=-2, dim2=-1).sum(-1)  # s·tr G ≥ logdet(I + sG)
+        small = trace <= SERIES_MAX_TRACE
+        if torch.compiler.is_compiling() or bool(small.any()):
+            X = G * (scale[..., None, None] if isinstance(scale, Tensor) else scale)
+            logdet = torch.where(small, _series_logdet(X), logdet)
+        return logdet, L
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        G, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.scale = scale
+        saved = (G, output[1], scale if isinstance(scale, Tensor) else None)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        G, L, scale_t = ctx.saved_tensors
+        scale = ctx.scale if scale_t is None else scale_t
+        M_inv = _inverse_from_cholesky(G, scale, L)
+        return _scale_grads(ctx, M_inv, G, scale, weight=grad)
+
+
+class _LogdetIdentityPlusJvp(_LogdetIdentityPlus):
+    @staticmethod
+    def jvp(ctx, tangent_G, tangent_scale):
+        G, L, scale_t = ctx.saved_tensors
+        scale = ctx.scale if scale_t is None else scale_t
+        M_inv = _inverse_from_cholesky(G, scale, L)
+        return (M_inv * _tangent_M(G, scale, tangent_G, tangent_scale)).sum((-2, -1)), None
 
 
 def logdet_identity_plus(G: Tensor, scale) -> Tensor:
     """``logdet(I + scale·G)`` for symmetric PSD ``G (..., m, m)``; ``scale`` a float or ``(...)`` tensor.
 
-    Computed in at least float32 with autocast off. On the CPU the error code is read directly
-    (no device to synchronise with); elsewhere the check stays on the device (no host sync) and the
-    float64 retry is computed for the flagged matrices only, masked.
+    The logdet of (E1) and (E2). Factorised in float64 (``accumulation_dtype``) with autocast off
+    and returned in ``G``'s working dtype (float32 at least), within 1e-4 relative of the exact
+    value of the given ``G`` at every scale: a 4-term series where ``scale·tr G ≤ 1e-3``, Cholesky
+    elsewhere (jittered where rounding makes it fail: finite ``G``, finite value). The backward is
+    ``scale·(I + scale·G)⁻¹`` from the same factor, itself differentiable (gradgradcheck).
     """
     with torch.autocast(G.device.type, enabled=False):
-        G = G.to(working_dtype(G.dtype))
-        M = _identity_plus(G, scale)
-        if G.device.type == "cpu" and not torch.compiler.is_compiling():
-            L, info = torch.linalg.cholesky_ex(M)
-            if not bool(info.any()):
-                return 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-            return _masked_logdet(M, info != 0)
-        with torch.no_grad():
-            failed = torch.linalg.cholesky_ex(M)[1] != 0
-        return _masked_logdet(M, failed)
+        out_dtype = working_dtype(G.dtype)
+        G = G.to(accumulation_dtype(G.device))
+        if isinstance(scale, Tensor):
+            scale = scale.to(G.dtype)
+        return _traceable(_LogdetIdentityPlus, _LogdetIdentityPlusJvp).apply(G, scale)[0].to(out_dtype)
 
 
 def solve_identity_plus(G: Tensor, scale, B: Tensor) -> Tensor:

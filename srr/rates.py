@@ -21,18 +21,38 @@ import torch
 from torch import Tensor
 
 from srr._checks import check_eps, check_finite_gram, check_int, check_lam, check_subspaces, check_tokens
-from srr.linalg import gram, logdet_identity_plus, solve_identity_plus, working_dtype
+from srr.linalg import accumulation_dtype, gram, logdet_identity_plus, solve_identity_plus, working_dtype
 
 
 def _promote(Z: Tensor) -> Tensor:
     return Z.to(working_dtype(Z.dtype))
 
 
-def _project(Z: Tensor, U: Tensor) -> Tensor:
-    """``A_k = Z U_k`` for all k at once: ``(..., N, d), (K, d, p) -> (..., K, N, p)``."""
+def _project(Z: Tensor, U: Tensor, *, contiguous: bool = True) -> Tensor:
+    """``A_k = Z U_k`` for all k at once: ``(..., N, d), (K, d, p) -> (..., K, N, p)``.
+
+    ``contiguous=False`` returns a strided view (``gram`` copies it while converting to float64).
+    """
     K, d, p = U.shape
     A = Z @ U.permute(1, 0, 2).reshape(d, K * p)  # (..., N, K·p)
-    return A.unflatten(-1, (K, p)).transpose(-3, -2).contiguous()  # (..., K, N, p); contiguous: faster Grams
+    A = A.unflatten(-1, (K, p)).transpose(-3, -2)  # (..., K, N, p)
+    return A.contiguous() if contiguous else A  # contiguous: faster Grams and solves
+
+
+PROJECTION_RISK = 1e-6  # β·‖A_k‖_F²·eps² above which a float32 A_k's rounding shows in R^c at 1e-4
+
+
+def _projection_rounding_shows(G: Tensor, beta, dtype: torch.dtype) -> bool:
+    """Whether rounding ``A_k = Z U_k`` to ``dtype`` may move R^c by more than 1e-4 relative (eager only).
+
+    Rounding perturbs A_k by ``eps·‖A_k‖``, which lifts the zero (or tiny) singular values of a
+    rank-deficient A_k to about that, adding up to ``β·eps²·‖A_k‖_F²`` per direction to its logdet:
+    negligible for LayerNorm-scale tokens (~1e-10), not for huge rank-deficient ones (docs/math.md).
+    """
+    if dtype == torch.float64 or torch.compiler.is_compiling():
+        return False
+    risk = (beta * G.diagonal(dim1=-2, dim2=-1).sum(-1)).amax() * torch.finfo(dtype).eps ** 2
+    return bool(risk > PROJECTION_RISK)
 
 
 def subspace_eps(eps, K: int, ref: Tensor | None = None) -> float | Tensor:
@@ -75,10 +95,10 @@ def coding_rate(Z: Tensor, eps: float, *, check_finite: bool = True) -> Tensor:
     eps = _single_eps(eps, "coding_rate")
     N, d = Z.shape[-2:]
     with torch.autocast(Z.device.type, enabled=False):
-        G = gram(_promote(Z))
+        G = gram(Z)  # float64 (srr.linalg.gram)
         if check_finite:
-            check_finite_gram(G, Z)
-        return 0.5 * logdet_identity_plus(G, rate_scale(d, N, eps))
+            check_finite_gram(G.diagonal(dim1=-2, dim2=-1), Z)  # NaN/Inf in Z reach the diagonal
+        return (0.5 * logdet_identity_plus(G, rate_scale(d, N, eps))).to(working_dtype(Z.dtype))
 
 
 def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = False,
@@ -96,11 +116,13 @@ def compressed_coding_rate(Z: Tensor, U: Tensor, eps, *, per_subspace: bool = Fa
     with torch.autocast(Z.device.type, enabled=False):
         Zw, Uw = _promote(Z), U.to(working_dtype(Z.dtype))
         eps = subspace_eps(eps, K, Zw)
-        G = gram(_project(Zw, Uw))  # (..., K, m, m), m = min(p, N)
+        G = gram(_project(Zw, Uw, contiguous=False))  # (..., K, m, m) float64, m = min(p, N)
         if check_finite:
-            check_finite_gram(G, Z)
+            check_finite_gram(G.diagonal(dim1=-2, dim2=-1), Z)  # NaN/Inf in Z reach the diagonal
         beta = rate_scale(p, N, eps)
-        per_head = 0.5 * logdet_identity_plus(G, beta)  # (..., K)
+        if _projection_rounding_shows(G, beta, Zw.dtype):
+            G = gram(_project(Zw.double(), Uw.double()))
+        per_head = (0.5 * logdet_identity_plus(G, beta)).to(Zw.dtype)  # (..., K)
     return per_head if per_subspace else per_head.sum(-1)
 
 
@@ -158,13 +180,14 @@ def rates_from_gram(G: Tensor, n: int, U: Tensor, eps: float) -> tuple[Tensor, T
     d = G.shape[-1]
     check_subspaces(U, d)
     K, _, p = U.shape
+    out_dtype = working_dtype(G.dtype)
     with torch.autocast(G.device.type, enabled=False):
-        G = G.to(working_dtype(G.dtype))
+        G = G.to(accumulation_dtype(G.device))
         U = U.to(G.dtype)
         R = 0.5 * logdet_identity_plus(G, rate_scale(d, n, eps))
         G_heads = U.mT @ G.unsqueeze(-3) @ U  # (..., K, p, p) = A_kᵀA_k
         Rc = 0.5 * logdet_identity_plus(G_heads, rate_scale(p, n, eps)).sum(-1)
-    return R, Rc
+    return R.to(out_dtype), Rc.to(out_dtype)
 
 
 def coding_rate_grad(Z: Tensor, eps: float) -> Tensor:
@@ -276,7 +299,7 @@ def crate_vis_compressed_coding_rate(Z: Tensor, U: Tensor, eps_squared: float = 
     K, _, p = U.shape
     N = Z.shape[-2]
     A = torch.nn.functional.normalize(_project(_promote(Z), U.to(working_dtype(Z.dtype))), dim=-1)
-    return (0.5 * logdet_identity_plus(gram(A), rate_scale(p, N, eps))).sum(-1)
+    return (0.5 * logdet_identity_plus(gram(A), rate_scale(p, N, eps))).sum(-1).to(A.dtype)
 
 
 def spectral_norm_squared(M: Tensor) -> float:

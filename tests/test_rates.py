@@ -241,8 +241,9 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="NaN/Inf"):
         compressed_coding_rate(bad, torch.ones(1, 3, 2, dtype=f64), 0.5)
     assert torch.isnan(coding_rate(bad, 0.5, check_finite=False))  # opted out: NaN in, NaN out, no exception
-    with pytest.raises(ValueError, match="Gram matrix overflows torch.float32"):
-        coding_rate(torch.full((3, 4), 1e25), 0.5)  # finite, but its Gram is not
+    with pytest.raises(ValueError, match="Gram matrix overflows torch.float64"):
+        coding_rate(torch.full((3, 4), 1e200, dtype=f64), 0.5)  # finite, but its Gram is not
+    assert torch.isfinite(coding_rate(torch.full((3, 4), 1e25), 0.5))  # float32 tokens: the float64 Gram holds
     with pytest.raises(TypeError, match="Z must be a torch.Tensor"):
         coding_rate([[1.0]], 0.5)
     with pytest.raises(TypeError, match="floating-point"):
