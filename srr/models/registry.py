@@ -57,9 +57,9 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
 
     ``pretrained``: weights to start from (fine-tuning): a :func:`srr.models.save_pretrained`
     folder, a run folder, an srr checkpoint, a ``.safetensors`` file, a public CRATE checkpoint
-    (``name`` required for it) or ``hf://owner/repo`` on the Hugging Face hub (needs ``huggingface_hub``). As strict, except that a ``num_classes`` given here that
-    differs re-initialises the head, and a different ``image_size`` interpolates the position
-    embedding (srr/models/pretrained.py).
+    (``name`` required for it) or ``hf://owner/repo`` on the Hugging Face hub (needs ``huggingface_hub``).
+    As strict, except that a ``num_classes`` given here that differs re-initialises the head, and a
+    different ``image_size`` interpolates the position embedding (srr/models/pretrained.py).
     """
     given = {k: v for k, v in dict(num_classes=num_classes, image_size=image_size, patch_size=patch_size,
                                    in_chans=in_chans, variant=variant).items() if v is not None}
