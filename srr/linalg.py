@@ -97,30 +97,35 @@ def _series_logdet(X: Tensor) -> Tensor:
     return t1 - t2 / 2 + t3 / 3 - t4 / 4
 
 
-def _jitter(M: Tensor, failed: Tensor) -> Tensor:
-    """``M + δI`` where ``failed``, ``δ = 4m·eps·max diag M``: far below the rounding of the failed ``M``."""
+def _jitter(M: Tensor, failed: Tensor, rounding: float) -> Tensor:
+    """``M + δI`` where ``failed``, ``δ = 4m·rounding·max diag M``: the size of the rounding that made it fail."""
     m = M.shape[-1]
-    delta = 4 * m * torch.finfo(M.dtype).eps * M.diagonal(dim1=-2, dim2=-1).amax(-1)
+    delta = 4 * m * rounding * M.diagonal(dim1=-2, dim2=-1).amax(-1)
     delta = torch.where(failed, delta, torch.zeros_like(delta))
     return M + delta[..., None, None] * torch.eye(m, dtype=M.dtype, device=M.device)
 
 
-def _checked_cholesky(M: Tensor) -> Tensor:
+def _checked_cholesky(M: Tensor, rounding: float) -> Tensor:
     """Cholesky factor of symmetric ``M`` whose eigenvalues are ≥ 1 in exact arithmetic.
 
-    A factorisation that fails (rounding made ``M`` indefinite) is redone with a jitter. Eagerly on
-    the CPU only the failed matrices are redone (the error code is read directly); under
-    ``torch.compile`` or on a device every matrix is refactorised with a jitter where it failed,
-    so the graph does not branch on data and the host does not wait for the device.
+    ``rounding``: the unit roundoff of the dtype ``G`` was given in. A factorisation that fails
+    (rounding made ``M`` indefinite) is redone with a jitter of that size. Eagerly on the CPU only the
+    failed matrices are redone, the jitter growing 100-fold until they factor (the error code is read
+    directly); under ``torch.compile`` or on a device every matrix is refactorised once, jittered
+    where it failed, so the graph does not branch on data and the host does not wait for the device.
     """
     L, info = torch.linalg.cholesky_ex(M)
     failed = info != 0
     if M.device.type == "cpu" and not torch.compiler.is_compiling():
-        if bool(failed.any()):
-            L = L.clone()
-            L[failed] = torch.linalg.cholesky_ex(_jitter(M[failed], failed[failed]))[0]
+        for attempt in range(8):
+            if not bool(failed.any()):
+                break
+            retry = failed
+            L[retry], info = torch.linalg.cholesky_ex(_jitter(M[retry], retry[retry], rounding * 100**attempt))
+            failed = retry.clone()
+            failed[retry] = info != 0
         return L
-    return torch.where(failed[..., None, None], torch.linalg.cholesky_ex(_jitter(M, failed))[0], L)
+    return torch.where(failed[..., None, None], torch.linalg.cholesky_ex(_jitter(M, failed, rounding))[0], L)
 
 
 class _InverseFromCholesky(torch.autograd.Function):
@@ -190,10 +195,10 @@ class _LogdetIdentityPlus(torch.autograd.Function):
     generate_vmap_rule = True  # torch.func: hessian, jacfwd(jacrev)
 
     @staticmethod
-    def forward(G, scale):
+    def forward(G, scale, rounding):
         M = G * (scale[..., None, None] if isinstance(scale, Tensor) else scale)
         M.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I + sG in one pass over G
-        L = _checked_cholesky(M)
+        L = _checked_cholesky(M, rounding)
         logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         trace = scale * G.diagonal(dim1=-2, dim2=-1).sum(-1)  # s·tr G ≥ logdet(I + sG)
         small = trace <= SERIES_MAX_TRACE
@@ -204,7 +209,7 @@ class _LogdetIdentityPlus(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        G, scale = inputs
+        G, scale, _ = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.scale = scale
         saved = (G, output[1], scale if isinstance(scale, Tensor) else None)
@@ -216,12 +221,12 @@ class _LogdetIdentityPlus(torch.autograd.Function):
         G, L, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
         M_inv = _inverse_from_cholesky(G, scale, L)
-        return _scale_grads(ctx, M_inv, G, scale, weight=grad)
+        return _scale_grads(ctx, M_inv, G, scale, weight=grad) + (None,)
 
 
 class _LogdetIdentityPlusJvp(_LogdetIdentityPlus):
     @staticmethod
-    def jvp(ctx, tangent_G, tangent_scale):
+    def jvp(ctx, tangent_G, tangent_scale, _):
         G, L, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
         M_inv = _inverse_from_cholesky(G, scale, L)
@@ -239,10 +244,11 @@ def logdet_identity_plus(G: Tensor, scale) -> Tensor:
     """
     with torch.autocast(G.device.type, enabled=False):
         out_dtype = working_dtype(G.dtype)
+        rounding = torch.finfo(out_dtype).eps  # G's own rounding: what a failed factorisation is jittered by
         G = G.to(accumulation_dtype(G.device))
         if isinstance(scale, Tensor):
             scale = scale.to(G.dtype)
-        return _traceable(_LogdetIdentityPlus, _LogdetIdentityPlusJvp).apply(G, scale)[0].to(out_dtype)
+        return _traceable(_LogdetIdentityPlus, _LogdetIdentityPlusJvp).apply(G, scale, rounding)[0].to(out_dtype)
 
 
 def solve_identity_plus(G: Tensor, scale, B: Tensor) -> Tensor:

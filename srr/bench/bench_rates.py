@@ -3,7 +3,8 @@
 Baseline: a straightforward loop over heads, each an N×N ``torch.logdet`` (what the public CRATE
 visualisation code does). Ours: ``srr.compressed_coding_rate`` — one batched call, the smaller
 (p×p) Gram, checked Cholesky. Also R on a data set's features (50,000 × 768) in float32 without an
-N×N matrix: time and peak memory.
+N×N matrix: time and peak memory; and ``float32_max_rel_err``, the largest relative error of float32
+R and R^c against float64 over token scales 1e-6 … 1e4 (issue 12's target: ≤ 1e-4).
 
     python -m srr.bench.bench_rates [--quick] [--device cpu|cuda]
 """
@@ -28,6 +29,41 @@ def straightforward_compressed_coding_rate(Z, U, eps):
         eye = torch.eye(N, dtype=Z.dtype, device=Z.device)
         total = total + 0.5 * torch.logdet(eye + p / (N * eps**2) * A @ A.mT)
     return total
+
+
+def float32_rel_errors(dev, eps: float = 0.5) -> dict[float, float]:
+    """Max relative error of float32 R (E1) and R^c (E2) against float64 (svdvals, log1p), per token scale.
+
+    Token sets: N ≫ d, d ≫ N and the regularizer's shape, full rank and rank-deficient, multiplied by
+    scales 1e-6 … 1e4 (issue 12: within 1e-4 at every scale).
+    """
+    g = torch.Generator().manual_seed(0)
+    cases = []  # (Z (2, N, d) float64, U (K, d, p) float64)
+    for N, d, rank, K, p in [(65, 384, None, 6, 64), (200, 8, 3, 2, 4), (6, 60, 2, 3, 20), (65, 64, 10, 4, 16)]:
+        Z = torch.randn(2, N, rank or d, generator=g, dtype=torch.float64)
+        if rank:
+            Z = Z @ torch.randn(2, rank, d, generator=g, dtype=torch.float64) / rank**0.5
+        Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
+        cases.append((Z, Q[:, : K * p].reshape(d, K, p).permute(1, 0, 2).contiguous()))
+
+    def half_logdet(X, scale):
+        return 0.5 * torch.log1p(scale * torch.linalg.svdvals(X) ** 2).sum(-1)
+
+    errors = {}
+    for k in range(-6, 5):
+        worst = 0.0
+        for Z64, U64 in cases:
+            Z, U = (10.0**k * Z64).float().to(dev), U64.float().to(dev)
+            Zr, Ur = Z.double().cpu(), U.double().cpu()
+            N, d = Z.shape[-2:]
+            p = U.shape[-1]
+            for ours, ref in [(coding_rate(Z, eps), half_logdet(Zr, d / (N * eps**2))),
+                              (compressed_coding_rate(Z, U, eps),
+                               half_logdet(Zr.unsqueeze(-3) @ Ur, p / (N * eps**2)).sum(-1))]:
+                err = ((ours.double().cpu() - ref).abs() / ref.abs()).nan_to_num(nan=float("inf"))  # NaN: worst
+                worst = max(worst, float(err.max()))
+        errors[10.0**k] = worst
+    return errors
 
 
 def timeit(fn, repeats: int, sync) -> float:
@@ -73,12 +109,15 @@ def main(argv=None) -> dict:
     t_big = timeit(lambda: coding_rate(X, eps), 1 if args.quick else 3, sync)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    f32_errors = float32_rel_errors(dev)
     result = {
         "shape": f"B={B} N={N} d={d} K={K} p={p}",
         "Rc_straightforward_ms": 1e3 * t_base, "Rc_ours_ms": 1e3 * t_ours, "Rc_speedup": t_base / t_ours,
         "Rc_rel_err_vs_straightforward": rel, "Rc_rel_err_vs_float64": rel64,
         "R_big_shape": f"{n_big}x768", "R_big_ms": 1e3 * t_big,
         "R_big_extra_peak_MiB": peak, "R_big_NxN_would_need_MiB": n_big**2 * 4 / 2**20,
+        "float32_max_rel_err": max(f32_errors.values()),  # R and R^c vs float64, token scales 1e-6 … 1e4
+        "float32_worst_scale": max(f32_errors, key=f32_errors.get),
         "device": str(dev), "threads": torch.get_num_threads(),
     }
     for k, v in result.items():
