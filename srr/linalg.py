@@ -7,7 +7,8 @@ rounds ``sG`` away when ``s·tr G`` is small, and a float32 Gram moves its zero 
 accumulated and factorised in float64 (they are at most a few hundred wide), a short series
 replaces the Cholesky factor when ``s·tr G`` is small, and the gradient ``s (I + sG)⁻¹`` is read off
 the same factor. A factorisation that still fails is redone with a relative jitter, never returned
-as a silent NaN.
+as a silent NaN. Under ``torch.compile`` the same numerics run as plain differentiable ops (no data
+branch, and a compiled graph can differentiate them twice).
 """
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 class _Gram(torch.autograd.Function):
-    """``ZᵀZ`` (``features=True``) or ``ZZᵀ`` accumulated in float64; the backward stays in ``Z``'s dtype."""
+    """``ZᵀZ`` (``features=True``) or ``ZZᵀ`` accumulated in float64; the backward stays in ``Z``'s dtype.
+
+    Eager only (also ``_InverseFromCholesky``, ``_LogdetIdentityPlus``): Dynamo cannot trace a custom
+    ``jvp``, and a compiled graph would not differentiate a custom backward twice; ``torch.compile``
+    takes the plain-op twins ``_compiled_gram``, ``_compiled_logdet``.
+    """
 
     generate_vmap_rule = True  # torch.func: hessian, jacfwd(jacrev)
 
@@ -51,10 +57,6 @@ class _Gram(torch.autograd.Function):
         return (Z @ sym if ctx.features else sym @ Z), None
 
 
-
-class _GramJvp(_Gram):
-    """``_Gram`` with forward-mode AD (``torch.func.jvp``, ``hessian``), which Dynamo cannot trace."""
-
     @staticmethod
     def jvp(ctx, tangent, _):
         (Z,) = ctx.saved_tensors
@@ -63,9 +65,10 @@ class _GramJvp(_Gram):
         return half + half.mT
 
 
-def _traceable(fn: type, with_jvp: type) -> type:
-    """``fn`` under ``torch.compile`` (Dynamo rejects a custom ``jvp``), ``with_jvp`` otherwise."""
-    return fn if torch.compiler.is_compiling() else with_jvp
+def _compiled_gram(Z: Tensor) -> Tensor:
+    """``gram`` in plain differentiable ops: a compiled graph does not differentiate a custom backward again."""
+    Z = Z.to(accumulation_dtype(Z.device))
+    return Z.mT @ Z if Z.shape[-1] <= Z.shape[-2] else Z @ Z.mT
 
 
 def gram(Z: Tensor) -> Tensor:
@@ -76,7 +79,9 @@ def gram(Z: Tensor) -> Tensor:
     eigenvalues of ±eps·‖G‖ where they should be 0. ``Z`` may be a strided view (no copy is needed
     before the call: the conversion makes one).
     """
-    return _traceable(_Gram, _GramJvp).apply(Z, Z.shape[-1] <= Z.shape[-2])
+    if torch.compiler.is_compiling():
+        return _compiled_gram(Z)
+    return _Gram.apply(Z, Z.shape[-1] <= Z.shape[-2])
 
 
 def _identity_plus(G: Tensor, scale) -> Tensor:
@@ -109,14 +114,14 @@ def _checked_cholesky(M: Tensor, rounding: float) -> Tensor:
     """Cholesky factor of symmetric ``M`` whose eigenvalues are ≥ 1 in exact arithmetic.
 
     ``rounding``: the unit roundoff of the dtype ``G`` was given in. A factorisation that fails
-    (rounding made ``M`` indefinite) is redone with a jitter of that size. Eagerly on the CPU only the
-    failed matrices are redone, the jitter growing 100-fold until they factor (the error code is read
-    directly); under ``torch.compile`` or on a device every matrix is refactorised once, jittered
-    where it failed, so the graph does not branch on data and the host does not wait for the device.
+    (rounding made ``M`` indefinite) is redone with a jitter of that size. On the CPU only the failed
+    matrices are redone, the jitter growing 100-fold until they factor (the error code is read
+    directly); on a device every matrix is refactorised once, jittered where it failed, so the host
+    does not wait for the device. (``torch.compile`` takes ``_compiled_logdet``.)
     """
     L, info = torch.linalg.cholesky_ex(M)
     failed = info != 0
-    if M.device.type == "cpu" and not torch.compiler.is_compiling():
+    if M.device.type == "cpu":
         for attempt in range(8):
             if not bool(failed.any()):
                 break
@@ -154,17 +159,11 @@ class _InverseFromCholesky(torch.autograd.Function):
         grad_M = -(M_inv @ grad @ M_inv)  # d(M⁻¹) = −M⁻¹ dM M⁻¹, dM = s dG + ds G
         return _scale_grads(ctx, grad_M, G, scale) + (None,)
 
-
-class _InverseFromCholeskyJvp(_InverseFromCholesky):
     @staticmethod
     def jvp(ctx, tangent_G, tangent_scale, _):
         G, M_inv, scale_t = ctx.saved_tensors
         dM = _tangent_M(G, ctx.scale if scale_t is None else scale_t, tangent_G, tangent_scale)
         return -(M_inv @ dM @ M_inv)
-
-
-def _inverse_from_cholesky(G: Tensor, scale, L: Tensor) -> Tensor:
-    return _traceable(_InverseFromCholesky, _InverseFromCholeskyJvp).apply(G, scale, L)
 
 
 def _tangent_M(G: Tensor, scale, tangent_G: Tensor | None, tangent_scale: Tensor | None) -> Tensor:
@@ -202,7 +201,7 @@ class _LogdetIdentityPlus(torch.autograd.Function):
         logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         trace = scale * G.diagonal(dim1=-2, dim2=-1).sum(-1)  # s·tr G ≥ logdet(I + sG)
         small = trace <= SERIES_MAX_TRACE
-        if torch.compiler.is_compiling() or bool(small.any()):
+        if bool(small.any()):
             X = G * (scale[..., None, None] if isinstance(scale, Tensor) else scale)
             logdet = torch.where(small, _series_logdet(X), logdet)
         return logdet, L
@@ -220,17 +219,34 @@ class _LogdetIdentityPlus(torch.autograd.Function):
     def backward(ctx, grad, _):
         G, L, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
-        M_inv = _inverse_from_cholesky(G, scale, L)
+        M_inv = _InverseFromCholesky.apply(G, scale, L)
         return _scale_grads(ctx, M_inv, G, scale, weight=grad) + (None,)
 
-
-class _LogdetIdentityPlusJvp(_LogdetIdentityPlus):
     @staticmethod
     def jvp(ctx, tangent_G, tangent_scale, _):
         G, L, scale_t = ctx.saved_tensors
         scale = ctx.scale if scale_t is None else scale_t
-        M_inv = _inverse_from_cholesky(G, scale, L)
+        M_inv = _InverseFromCholesky.apply(G, scale, L)
         return (M_inv * _tangent_M(G, scale, tangent_G, tangent_scale)).sum((-2, -1)), None
+
+
+def _compiled_logdet(G: Tensor, scale, rounding: float) -> Tensor:
+    """``_LogdetIdentityPlus`` in plain differentiable ops, for ``torch.compile``.
+
+    A compiled graph treats a custom backward as differentiable once, and the derived layers
+    differentiate the gradient of a rate (``torch.func.grad`` inside the model): here autograd
+    differentiates the Cholesky factorisation itself. Failures are found without gradient and the
+    factorisation redone, jittered where it failed, so no branch of the graph carries a NaN.
+    """
+    scale_t = scale[..., None, None] if isinstance(scale, Tensor) else scale
+    X = G * scale_t
+    M = X + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    with torch.no_grad():
+        failed = torch.linalg.cholesky_ex(M)[1] != 0
+    L = torch.linalg.cholesky_ex(_jitter(M, failed, rounding))[0]
+    logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    small = scale * G.diagonal(dim1=-2, dim2=-1).sum(-1) <= SERIES_MAX_TRACE
+    return torch.where(small, _series_logdet(X), logdet)
 
 
 def logdet_identity_plus(G: Tensor, scale) -> Tensor:
@@ -239,8 +255,10 @@ def logdet_identity_plus(G: Tensor, scale) -> Tensor:
     The logdet of (E1) and (E2). Factorised in float64 (``accumulation_dtype``) with autocast off
     and returned in ``G``'s working dtype (float32 at least), within 1e-4 relative of the exact
     value of the given ``G`` at every scale: a 4-term series where ``scale·tr G ≤ 1e-3``, Cholesky
-    elsewhere (jittered where rounding makes it fail: finite ``G``, finite value). The backward is
-    ``scale·(I + scale·G)⁻¹`` from the same factor, itself differentiable (gradgradcheck).
+    elsewhere (jittered where rounding makes it fail: finite ``G``, finite value). Eagerly the
+    backward is ``scale·(I + scale·G)⁻¹`` from the same factor (a triangular inverse, no second
+    factorisation), itself differentiable in reverse and forward mode; under ``torch.compile``
+    autograd differentiates the factorisation (``_compiled_logdet``).
     """
     with torch.autocast(G.device.type, enabled=False):
         out_dtype = working_dtype(G.dtype)
@@ -248,7 +266,9 @@ def logdet_identity_plus(G: Tensor, scale) -> Tensor:
         G = G.to(accumulation_dtype(G.device))
         if isinstance(scale, Tensor):
             scale = scale.to(G.dtype)
-        return _traceable(_LogdetIdentityPlus, _LogdetIdentityPlusJvp).apply(G, scale, rounding)[0].to(out_dtype)
+        if torch.compiler.is_compiling():
+            return _compiled_logdet(G, scale, rounding).to(out_dtype)
+        return _LogdetIdentityPlus.apply(G, scale, rounding)[0].to(out_dtype)
 
 
 def solve_identity_plus(G: Tensor, scale, B: Tensor) -> Tensor:
