@@ -102,7 +102,7 @@ def bench_training(device: torch.device, *, batch: int, rounds: int, autocast: t
     outputs = [t.output.detach().requires_grad_() for t in layers]  # Z^{ℓ+1}
     grad = torch.randn_like(inputs[0])
     detached = [z.requires_grad_() for z in inputs]
-    graphs = [(block(z), z) for block, z in zip(model.blocks(), detached)]  # f_ℓ(Z^ℓ) with its graph
+    graphs: list[tuple[Tensor, Tensor]] = []  # f_ℓ(Z^ℓ) with its graph, recorded each round after the steps
     subspaces = [U.detach().requires_grad_() for U in model.layer_subspaces()]
 
     def step(reg):
@@ -137,6 +137,7 @@ def bench_training(device: torch.device, *, batch: int, rounds: int, autocast: t
                 times[name].append(elapsed)
             if reg is not None:
                 reg.close()
+        graphs[:] = [(block(z), z) for block, z in zip(model.blocks(), detached)]  # the optimizer moved the weights
         for name, fn in floors.items():
             elapsed = timed(fn)
             if rep > 0:
