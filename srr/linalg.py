@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+GRAM_CHUNK_ROWS = 8192  # ZᵀZ of taller Z is accumulated over row blocks (float64 copy ≤ 8192·d·8 bytes)
 SERIES_MAX_TRACE = 1e-3  # s·tr G at or below this: 4-term series, truncation ≤ (s·tr G)⁴/5 relative
 
 
@@ -40,8 +41,15 @@ class _Gram(torch.autograd.Function):
 
     @staticmethod
     def forward(Z, features):
-        Z64 = Z.to(accumulation_dtype(Z.device), memory_format=torch.contiguous_format)
-        return Z64.mT @ Z64 if features else Z64 @ Z64.mT
+        dtype = accumulation_dtype(Z.device)
+        if not features:
+            Z64 = Z.to(dtype, memory_format=torch.contiguous_format)
+            return Z64 @ Z64.mT
+        G = None
+        for rows in Z.split(GRAM_CHUNK_ROWS, dim=-2):  # tall Z (a data set's features): a bounded float64 copy
+            rows = rows.to(dtype, memory_format=torch.contiguous_format)
+            G = rows.mT @ rows if G is None else G.add_(rows.mT @ rows)
+        return G
 
     @staticmethod
     def setup_context(ctx, inputs, output):
