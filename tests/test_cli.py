@@ -271,6 +271,9 @@ BAD_VALUES = [
     ("derive", [], ["Missing argument", "OBJECTIVE"]),
     ("models", ["crate_nope"], ["no registered model matches 'crate_nope'", "crate_nano"]),
     ("bench", ["--only", "nope"], ["--only", "rates"]),
+    ("bench", ["--device", "nope"], ["device", "'nope'"]),
+    ("bench", ["--device", "meta"], ["--device", "'meta'"]),
+    ("bench", ["--threads", "0"], ["--threads", "greater than or equal to 1"]),
     ("nope", [], ["No such command", "nope"]),
 ]
 

@@ -58,7 +58,7 @@ def hub(monkeypatch, tmp_path):
 
 def test_push_uploads_the_save_pretrained_folder_and_hf_reads_it_back_exactly(hub):
     model = small(variant="crate_t", lam=0.2)
-    assert push_to_hub(model, "someone/crate-nano-test", private=True) == "commit to someone/crate-nano-test"
+    assert model.push_to_hub("someone/crate-nano-test", private=True) == "commit to someone/crate-nano-test"
     (_, repo, create_kwargs), (_, uploaded_repo, files, upload_kwargs) = hub
     assert repo == uploaded_repo == "someone/crate-nano-test" and create_kwargs["private"] is True
     assert files == ["config.json", "model.safetensors"]  # the save_pretrained folder, nothing else

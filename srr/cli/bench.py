@@ -219,6 +219,10 @@ def bench_command(
             raise ValueError(f"--only must name benchmarks among {', '.join(names)}, got {only!r}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        from srr.train.distributed import resolve_device
+
+        if resolve_device(device).type not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if threads:
         torch.set_num_threads(threads)
     info = machine(device)

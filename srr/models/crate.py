@@ -100,6 +100,13 @@ class CRATE(nn.Module):
 
         return save_pretrained(self, folder)
 
+    def push_to_hub(self, repo_id: str, **kwargs):
+        """Upload the :meth:`save_pretrained` folder to the Hugging Face hub (needs ``srr[hub]``);
+        ``create_model(name, pretrained="hf://" + repo_id)`` reads it back. See ``srr.models.push_to_hub``."""
+        from srr.models.pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     # ----- introspection ------------------------------------------------------------------
     def blocks(self) -> list[CRATEBlock]:
         """The L layers in order; ``blocks()[ℓ]`` maps Z^ℓ → Z^{ℓ+1}."""
