@@ -7,8 +7,15 @@ rounds ``sG`` away when ``s·tr G`` is small, and a float32 Gram moves its zero 
 accumulated and factorised in float64 (they are at most a few hundred wide), a short series
 replaces the Cholesky factor when ``s·tr G`` is small, and the gradient ``s (I + sG)⁻¹`` is read off
 the same factor. A factorisation that still fails is redone with a relative jitter, never returned
-as a silent NaN. Under ``torch.compile`` the same numerics run as plain differentiable ops (no data
-branch, and a compiled graph can differentiate them twice).
+as a silent NaN.
+
+Under ``torch.compile`` (a compiled graph is a model's training or inference step: the derived
+layers differentiate a rate's gradient) the rates run as plain differentiable ops in the tokens'
+working dtype, with one factorisation, checked and jittered without a data branch: the gradient
+``s (I + sG)⁻¹`` is well conditioned in float32 at every scale (its eigenvalues lie in (0, s]), and
+the float64 Grams and the series cost compiled ``crate_derived`` 3.6× eager ``crate``'s step against
+1.9× (issue 12, measured: docs/guide-derive.md). The 1e-4 accuracy of the *values* at extreme
+scales (tests/test_rates_float32.py) is the eager guarantee.
 """
 from __future__ import annotations
 
@@ -74,8 +81,9 @@ class _Gram(torch.autograd.Function):
 
 
 def _compiled_gram(Z: Tensor) -> Tensor:
-    """``gram`` in plain differentiable ops: a compiled graph does not differentiate a custom backward again."""
-    Z = Z.to(accumulation_dtype(Z.device))
+    """``gram`` in plain differentiable ops in ``Z``'s working dtype (a compiled graph does not
+    differentiate a custom backward again; the module docstring says why not float64)."""
+    Z = Z.to(working_dtype(Z.dtype))
     return Z.mT @ Z if Z.shape[-1] <= Z.shape[-2] else Z @ Z.mT
 
 
@@ -252,9 +260,7 @@ def _compiled_logdet(G: Tensor, scale, rounding: float) -> Tensor:
     with torch.no_grad():
         failed = torch.linalg.cholesky_ex(M)[1] != 0
     L = torch.linalg.cholesky_ex(_jitter(M, failed, rounding))[0]
-    logdet = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    small = scale * G.diagonal(dim1=-2, dim2=-1).sum(-1) <= SERIES_MAX_TRACE
-    return torch.where(small, _series_logdet(X), logdet)
+    return 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
 def logdet_identity_plus(G: Tensor, scale) -> Tensor:
@@ -271,11 +277,12 @@ def logdet_identity_plus(G: Tensor, scale) -> Tensor:
     with torch.autocast(G.device.type, enabled=False):
         out_dtype = working_dtype(G.dtype)
         rounding = torch.finfo(out_dtype).eps  # G's own rounding: what a failed factorisation is jittered by
+        if torch.compiler.is_compiling():  # the tokens' working dtype, one factorisation: module docstring
+            G = G.to(out_dtype)
+            return _compiled_logdet(G, scale.to(out_dtype) if isinstance(scale, Tensor) else scale, rounding)
         G = G.to(accumulation_dtype(G.device))
         if isinstance(scale, Tensor):
             scale = scale.to(G.dtype)
-        if torch.compiler.is_compiling():
-            return _compiled_logdet(G, scale, rounding).to(out_dtype)
         return _LogdetIdentityPlus.apply(G, scale, rounding)[0].to(out_dtype)
 
 
