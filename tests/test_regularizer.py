@@ -332,3 +332,125 @@ def test_the_benchmarks_floor_computes_the_rates_and_their_gradients():
     ref_Z, ref_U = torch.autograd.grad((Rc_ref - R_ref).sum(), (Z, U))
     torch.testing.assert_close(grad_Z, ref_Z, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad_U, ref_U, rtol=1e-10, atol=1e-12)
+
+
+# ----- site="projection": the MSSA input LN₁(Z^ℓ) through the model's own qkv ------------------------
+
+PROJECTION_VARIANTS = ["crate", "crate_c", "crate_n", "crate_t", "crate_fix", "crate_identity", "crate_alpha"]
+
+
+def _projection_crate(variant="crate", **kwargs):
+    torch.manual_seed(0)  # patch 2: N = 17 tokens > p = 16 (p×p head Grams), < d = 64 (N×N Gram for R)
+    return create_model("crate_nano", patch_size=2, variant=variant, **kwargs).double()
+
+
+def _projection_direct(model, x, layers, *, eps, lam, detach):
+    """η-free mean over ``layers`` of μ_SRR(LN₁(Z^ℓ)) written with srr.rates on X and U^ℓ (E1, E2, E4)."""
+    _, inter = model.forward_intermediates(x)
+    terms = []
+    for ell in layers:
+        block = model.blocks()[ell]
+        Z = inter[ell].input.detach() if detach else inter[ell].input
+        X = block[0].norm(Z)  # (B, N, d)
+        U = block.subspaces
+        l0 = (X != 0).sum((-2, -1)).to(X.dtype)  # ‖LN₁(Z^ℓ)‖₀
+        terms.append((lam * l0 + compressed_coding_rate(X, U, eps) - coding_rate(X, eps)).mean())
+    return sum(terms) / len(terms)
+
+
+def _relative_error(got, want) -> float:
+    return float(((got - want).abs().max() / want.abs().max()).detach())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("variant", PROJECTION_VARIANTS)
+def test_projection_site_value_equals_the_rates_of_the_mssa_input(variant, detach):
+    """Fresh random images, float64: the value from the model's own A = LN₁(Z)U equals srr.rates on LN₁(Z), U."""
+    model = _projection_crate(variant)
+    for seed in range(3):
+        x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        with SRRRegularizer(model, layers=[0, 3], weight=0.3, eps=0.5, lam=0.1, detach_input=detach,
+                            site="projection") as reg:
+            model(x)
+            value = reg()
+        want = 0.3 * _projection_direct(model, x, [0, 3], eps=0.5, lam=0.1, detach=detach)
+        assert _relative_error(value, want) < 1e-12
+        X = model.blocks()[3][0].norm(model.forward_intermediates(x)[1][3].input)
+        torch.testing.assert_close(reg.parts["transformer.layers.3"].R, coding_rate(X, 0.5).mean().detach())
+        torch.testing.assert_close(reg.parts["transformer.layers.3"].l0, (X != 0).sum((-2, -1)).double().mean())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+@pytest.mark.parametrize("variant", ["crate", "crate_t", "crate_alpha"])
+def test_projection_site_gradient_equals_autograd_of_the_direct_computation(variant, detach):
+    """With the task loss: plain form = autograd through everything; detached form (HU24) = the term on
+    LN₁(detach(Z^ℓ)), so the term updates only LN₁^ℓ and U^ℓ and the task gradient is untouched."""
+    model = _projection_crate(variant)
+    x, y = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64), torch.arange(6)
+    layers = [0, 2, 3]
+    with SRRRegularizer(model, layers=layers, weight=0.7, eps=0.5, detach_input=detach, site="projection") as reg:
+        (F.cross_entropy(model(x), y) + reg()).backward()
+    got = _grads(model)
+    model.zero_grad()
+    term = 0.7 * _projection_direct(model, x, layers, eps=0.5, lam=0.1, detach=detach)
+    (F.cross_entropy(model(x), y) + term).backward()
+    _assert_same_grads(got, model)
+
+
+def test_projection_site_detached_term_reaches_only_ln1_and_qkv():
+    model = _projection_crate()
+    x, _ = _images(6)
+    with SRRRegularizer(model, layers=[2], site="projection", weight=1.0) as reg:
+        model(x)
+        reg().backward()
+    assert _touched(model) == {"transformer.layers.2.0.norm.weight", "transformer.layers.2.0.norm.bias",
+                               "transformer.layers.2.0.fn.qkv.weight"}
+
+
+def test_projection_site_works_with_the_reference_backend():
+    model = _projection_crate(backend="reference")
+    x, _ = _images(4)
+    with SRRRegularizer(model, layers=[1], site="projection", weight=1.0) as reg:
+        model(x)
+        value = reg()
+    assert _relative_error(value, _projection_direct(model, x, [1], eps=0.1, lam=0.1, detach=True)) < 1e-12
+
+
+@pytest.mark.parametrize("variant", ["crate_exact", "crate_derived", "tost"])
+def test_projection_site_names_the_supported_variants(variant):
+    torch.manual_seed(0)
+    model = create_model("crate_nano", variant=variant)
+    with pytest.raises(ValueError, match="supported variants: crate, crate_c"):
+        SRRRegularizer(model, site="projection")
+    assert not any(m._forward_hooks for m in model.modules())  # nothing was left hooked
+
+
+def test_projection_site_arguments_and_hooks():
+    model = _projection_crate()
+    for kwargs in (dict(subspaces="data"), dict(scope="batch")):
+        with pytest.raises(ValueError, match="subspaces='model' and scope='sample'"):
+            SRRRegularizer(model, site="projection", **kwargs)
+    with pytest.raises(ValueError, match="site must be"):
+        SRRRegularizer(model, site="input")
+    reg = SRRRegularizer(model, site="projection")
+    with pytest.raises(RuntimeError, match="no projection captured"):
+        reg()
+    reg.close()
+    assert not reg.active and not any(m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_projection_site_under_bf16_autocast_is_close_to_float32(detach):
+    torch.manual_seed(0)
+    model = create_model("crate_nano", patch_size=2)
+    x, y = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.arange(8)
+    values = []
+    for enabled in (False, True):
+        with SRRRegularizer(model, layers=[0, 3], site="projection", detach_input=detach, weight=1.0) as reg:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                loss = F.cross_entropy(model(x), y) + reg()
+            loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        model.zero_grad()
+        values.append(reg.parts["transformer.layers.3"].srr)
+    torch.testing.assert_close(values[1], values[0], rtol=1e-3, atol=0)

@@ -5,8 +5,10 @@
     reg = SRRRegularizer(model, layers=[-1], weight=1e-3)
     loss = criterion(model(x), y) + reg()  # η · mean_ℓ μ_SRR; reg.parts holds R, R^c, ‖Z‖₀ per layer
 
-Detached input, its cost, the ``"sample"``/``"batch"`` scopes and the gradient convention under
-``torch.distributed``: ``docs/guide-measurement.md``, section ``srr/measurement/regularizer.py``.
+``site="projection"`` reads the MSSA input LN₁(Z^ℓ) off the model's own qkv projection instead of the
+layer output (srr/measurement/projection.py). Detached input, its cost, the sites, the ``"sample"``/``"batch"``
+scopes and the gradient convention under ``torch.distributed``: ``docs/guide-measurement.md``, section
+``srr/measurement/regularizer.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from srr._checks import check_eps, check_lam, check_nonnegative
 from srr.measurement.distributed import is_distributed
+from srr.measurement.projection import ProjectionCapture, projection_mssa, projection_terms
 from srr.measurement.subspaces import SubspacePolicy, check_policy_subspaces, make_policy
 from srr.measurement.terms import SRRTerms, batch_terms, mean_terms, sample_terms
 from srr.measurement.tokens import TokenSite, as_sites, to_tokens
@@ -26,6 +29,7 @@ from srr.measurement.tokens import TokenSite, as_sites, to_tokens
 __all__ = ["SRRRegularizer"]
 
 Scope = Literal["sample", "batch"]
+Site = Literal["output", "projection"]
 
 
 class _Reconnect(torch.autograd.Function):
@@ -63,6 +67,9 @@ class SRRRegularizer(nn.Module):
       :class:`SubspacePolicy` or tensors (srr/measurement/subspaces.py). Learned subspaces are this
       module's parameters: give ``reg.parameters()`` to the optimiser.
     - ``detach_input``: HU24's per-layer form (default) or the plain form.
+    - ``site``: ``"output"`` (default: the layer output Z^{ℓ+1}, HU24's ``f_ℓ(·)``) or ``"projection"``
+      (the MSSA input LN₁(Z^ℓ) with its own projection ``qkv(LN₁(Z^ℓ))``, no projection of the regulariser's
+      own; CRATE softmax variants only, ``subspaces="model"`` and ``scope="sample"``).
     - ``scope``: ``"sample"`` or ``"batch"``; ``pool`` (batch scope): ``"cls"``, ``"mean"``, a
       callable ``(B, N, d) -> (B, d)``, or ``"auto"`` (the model's own pooling; CLS for ViTs).
     - ``group``: the ``torch.distributed`` process group (default: the world, when initialised).
@@ -74,7 +81,7 @@ class SRRRegularizer(nn.Module):
 
     def __init__(self, model: nn.Module, *, layers=-1, weight: float = 1e-3, eps: float = 0.1, lam: float = 0.1,
                  subspaces="model", detach_input: bool = True, scope: Scope = "sample",
-                 pool: str | Callable[[Tensor], Tensor] = "auto", group=None):
+                 pool: str | Callable[[Tensor], Tensor] = "auto", group=None, site: Site = "output"):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -83,6 +90,13 @@ class SRRRegularizer(nn.Module):
                              f"{scope!r}")
         if not (callable(pool) or pool in ("auto", "cls", "mean")):
             raise ValueError(f"pool must be 'auto', 'cls', 'mean' or a callable (B, N, d) -> (B, d), got {pool!r}")
+        if site not in ("output", "projection"):
+            raise ValueError(f"site must be 'output' (the layer output Z^(l+1)) or 'projection' (the MSSA input "
+                             f"LN1(Z^l) through the model's own qkv projection), got {site!r}")
+        if site == "projection" and not (isinstance(subspaces, str) and subspaces == "model" and scope == "sample"):
+            raise ValueError(f"site='projection' measures the model's own heads per sample: it needs "
+                             f"subspaces='model' and scope='sample', got subspaces={subspaces!r}, scope={scope!r}")
+        self.site = site
         self.weight = check_nonnegative(weight, "weight")
         self.eps = check_eps(eps)
         self.lam = check_lam(lam)
@@ -95,14 +109,22 @@ class SRRRegularizer(nn.Module):
         modules = dict(model.named_modules())
         self._modules_hooked = [modules[s.module] for s in self.sites]
         self.policy: SubspacePolicy = make_policy(subspaces, model)
-        self.policy.bind(model, self._modules_hooked)
         self.parts: dict[str, SRRTerms] = {}
         self._captured: dict[str, Tensor] = {}
         self._pending: dict[str, tuple[Tensor, Tensor]] = {}
         self._handles = []
+        self._projections: dict[str, ProjectionCapture] = {}
+        for token_site in self.sites:
+            if token_site.where != "output":
+                raise ValueError(f"the regulariser reads layers; site {token_site.label!r} reads a module's input")
+        if site == "projection":
+            for token_site, module in zip(self.sites, self._modules_hooked):
+                projection_mssa(module, token_site.label)  # every layer checked before any is hooked
+            self._projections = {s.label: ProjectionCapture(m, s.label, detach=self.detach_input)
+                                 for s, m in zip(self.sites, self._modules_hooked)}
+            return
+        self.policy.bind(model, self._modules_hooked)
         for site, module in zip(self.sites, self._modules_hooked):
-            if site.where != "output":
-                raise ValueError(f"the regulariser reads layer outputs; site {site.label!r} reads its input")
             if self.detach_input:
                 self._handles.append(module.register_forward_pre_hook(self._detach_hook(site.label)))
             self._handles.append(module.register_forward_hook(self._output_hook(site.label)))
@@ -144,6 +166,8 @@ class SRRRegularizer(nn.Module):
 
         ``targets`` are needed only to fit ``FromData(grouping="labels")`` subspaces.
         """
+        if self._projections:
+            return self._projection_value()
         missing = [label for label in self.labels if label not in self._captured]
         if missing:
             raise RuntimeError(f"no tokens captured for layers {missing} since the last call: run the model's "
@@ -161,6 +185,22 @@ class SRRRegularizer(nn.Module):
                 terms = mean_terms(sample_terms(Z, U, eps=self.eps, lam=self.lam), self.group)
             else:
                 terms = batch_terms(Z, U, eps=self.eps, lam=self.lam, group=self.group)
+            self.parts[label] = SRRTerms(*(t.detach() for t in terms))
+            total = total + terms.srr
+        return self.weight * total / len(self.labels)
+
+    def _projection_value(self) -> Tensor:
+        """``site="projection"``: μ_SRR (E4) of X = LN₁(Z^ℓ), the parts from the model's ``A = X U^ℓ``."""
+        missing = [label for label, c in self._projections.items() if not c.captured]
+        if missing:
+            raise RuntimeError(f"no projection captured for layers {missing} since the last call: run the model's "
+                               f"forward pass (with the hooks attached, i.e. before close()) before calling the "
+                               f"regulariser")
+        self.parts = {}
+        total = 0.0
+        for label, capture in self._projections.items():
+            X, A = capture.tokens()
+            terms = mean_terms(projection_terms(X, A, capture.mssa.heads, eps=self.eps, lam=self.lam), self.group)
             self.parts[label] = SRRTerms(*(t.detach() for t in terms))
             total = total + terms.srr
         return self.weight * total / len(self.labels)
@@ -184,12 +224,14 @@ class SRRRegularizer(nn.Module):
         """Remove every hook; the model runs exactly as before the regulariser was attached."""
         for h in self._handles:
             h.remove()
-        self._handles = []
+        for capture in self._projections.values():
+            capture.remove()
+        self._handles, self._projections = [], {}
         self._captured, self._pending = {}, {}
 
     @property
     def active(self) -> bool:
-        return bool(self._handles)
+        return bool(self._handles or self._projections)
 
     def __enter__(self) -> "SRRRegularizer":
         return self
@@ -198,5 +240,6 @@ class SRRRegularizer(nn.Module):
         self.close()
 
     def extra_repr(self) -> str:
-        return (f"layers={self.labels}, weight={self.weight}, eps={self.eps}, lam={self.lam}, scope={self.scope!r}, "
+        return (f"layers={self.labels}, site={self.site!r}, weight={self.weight}, eps={self.eps}, lam={self.lam}, "
+                f"scope={self.scope!r}, "
                 f"detach_input={self.detach_input}, policy={type(self.policy).__name__}")
