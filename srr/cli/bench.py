@@ -118,6 +118,12 @@ def _regularizer(result) -> list[Headline]:
             _check("SRR term, all 12 layers, detached (HU24): step time ratio", t("ratio_all12_detached"), "<=", 1.4,
                    issue="12.1"),
             _check("SRR term, last layer: step time ratio", t("ratio_last"), "<=", 1.05, issue="12.1"),
+            _check("SRR term at the model's projection LN(Z)U, all 12 layers, plain: step time ratio",
+                   t("ratio_all12_projection"), "<=", 1.25, issue="12.1"),
+            _check("SRR term at the model's projection LN(Z)U, all 12, detached: step time ratio",
+                   t("ratio_all12_projection_detached"), "<=", 1.4, issue="12.1"),
+            _check("SRR term at the model's projection LN(Z)U, last layer: step time ratio",
+                   t("ratio_last_projection"), "<=", 1.05, issue="12.1"),
             _check("measure vs plain inference: throughput ratio", _get(result, "measure.throughput_ratio"), ">=", 0.8,
                    issue="12.2")]
 
