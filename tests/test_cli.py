@@ -342,6 +342,7 @@ def test_bench_headlines_say_not_measured_for_missing_keys_and_no_times_sign_on_
     for rows in (_regularizer({}), _compile({}), _rates({})):
         assert rows and all(h.value is None and h.met is None and h.shown() == "not measured" for h in rows)
     assert [h.target for h in _regularizer({})] == ["<= 1.25 (#12.1)", "<= 1.4 (#12.1)", "<= 1.05 (#12.1)",
+                                                    "<= 1.25 (#12.1)", "<= 1.4 (#12.1)", "<= 1.05 (#12.1)",
                                                     ">= 0.8 (#12.2)"]
     error = _rates({"Rc_speedup": 2.0, "float32_max_rel_err": 3e-5})[1]
     assert error.met and error.shown() == "3.00e-05" and "×" not in error.shown()
