@@ -14,18 +14,7 @@ from typer.testing import CliRunner
 from srr.cli import app
 from srr.models import create_model, push_to_hub
 from srr.models.pretrained import MissingPackageError, parse_hub_spec
-
-SMALL = dict(image_size=8, patch_size=2, in_chans=1, num_classes=5, dim=32, depth=2, heads=4, head_dim=8)
-
-
-def small(**kw):
-    torch.manual_seed(0)
-    return create_model("crate_nano", **{**SMALL, **kw}).eval()
-
-
-def images(model, n=2):
-    c = model.config
-    return torch.randn(n, c.in_chans, c.image_size, c.image_size, generator=torch.Generator().manual_seed(1))
+from test_pretrained import images, small  # the same small model and images as the folder round trip
 
 
 @pytest.fixture

@@ -1,11 +1,6 @@
-"""Cost against the number of tokens (issue 14): TSSA vs softmax MSSA (SDPA) vs exact compression.
-
-Time (best of ``--repeats`` after a warm-up) and peak memory of one compression layer at d = 384,
-K = 6, batch 1, for N = 256 … 16,384 tokens: ``forward`` (no grad) and ``train`` (forward + backward
-into the input and every parameter). TSSA (``srr.layers.TSSA``, E13) is linear in N; SDPA
-(``srr.layers.MSSA``) quadratic in time; the exact step (``srr.layers.ExactCompression``, E6) linear
-with p×p solves. Each (layer, N, pass) runs in a fresh process; CPU peak memory is its peak resident
-set above the inputs and weights (CUDA: ``max_memory_allocated``).
+"""Cost against the number of tokens (issue 14): the timing core ``srr.bench.bench_tssa`` (TSSA vs
+softmax MSSA (SDPA) vs exact compression, one layer at d = 384, K = 6, batch 1) run over N, with its
+results written:
 
     python -m experiments.bench.bench_tssa [--quick] [--device cpu|cuda] [--threads T] [--repeats R] [--tokens N ...]
 

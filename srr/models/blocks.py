@@ -94,14 +94,14 @@ class CRATEBlock(nn.ModuleList):
 
 
 class _Derived(nn.Module):
-    """A layer built by ``srr.derive`` in a block: its output is the next tokens, the block's compression
-    half-step adds an update, so ``as_update`` returns ``layer(x) − x``. Compiles with the rest of the
-    model (``torch.func.grad`` traces into the graph; docs/guide-derive.md, "Compiling derived layers")."""
+    """A layer built by ``srr.derive`` in a block (keys ``….layer.*``; its ``subspaces``/``dictionary``
+    passed through). The compression layer is derived with ``output="update"``: the block's half-step
+    adds ``Z⁺ − x``. Compiles with the rest of the model (``torch.func.grad`` traces into the graph;
+    docs/guide-derive.md, "Compiling derived layers")."""
 
-    def __init__(self, layer: nn.Module, *, as_update: bool):
+    def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
-        self.as_update = as_update
 
     @property
     def subspaces(self) -> Tensor:
@@ -112,8 +112,7 @@ class _Derived(nn.Module):
         return self.layer.dictionary
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.layer(x)  # (B, N, d), the next tokens
-        return out - x if self.as_update else out
+        return self.layer(x)  # (B, N, d)
 
 
 def _compression(cfg: CRATEConfig) -> nn.Module:
@@ -121,8 +120,8 @@ def _compression(cfg: CRATEConfig) -> nn.Module:
         from srr.derivation import derive, variants
 
         layer = derive(variants.mssa_exact(cfg.eps), step_size=cfg.compression_step_size,
-                       dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim)
-        return _Derived(layer, as_update=True)  # derived returns Z − κ∇R^c(Z); the block adds the update
+                       dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output="update")
+        return _Derived(layer)  # the update −κ∇R^c(Z) that the block adds
     if cfg.variant == "crate_exact":
         return ExactCompression(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, eps=cfg.eps,
                                 step_size=cfg.compression_step_size, backend=cfg.backend)
@@ -139,7 +138,7 @@ def _sparsification(cfg: CRATEConfig) -> nn.Module:
         from srr.derivation import derive, variants
 
         layer = derive(variants.ista(cfg.lam), step_size=cfg.step_size, dim=cfg.dim)
-        return _Derived(layer, as_update=False)
+        return _Derived(layer)
     if cfg.variant == "crate_alpha":
         return OvercompleteISTA(cfg.dim, expansion=cfg.expansion, steps=cfg.ista_steps,
                                 step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)
