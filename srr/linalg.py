@@ -247,20 +247,32 @@ class _LogdetIdentityPlus(torch.autograd.Function):
 
 
 def _compiled_logdet(G: Tensor, scale, rounding: float) -> Tensor:
-    """``_LogdetIdentityPlus`` in plain differentiable ops, for ``torch.compile``.
+    """``_LogdetIdentityPlus`` in plain differentiable ops, for ``torch.compile``: exact to second order.
 
-    A compiled graph treats a custom backward as differentiable once, and the derived layers
-    differentiate the gradient of a rate (``torch.func.grad`` inside the model): here autograd
-    differentiates the Cholesky factorisation itself. Failures are found without gradient and the
-    factorisation redone, jittered where it failed, so no branch of the graph carries a NaN.
+    With ``M = I + sG`` and, from one checked factorisation without gradient, ``M₀ = M`` (value),
+    ``W = M₀⁻¹`` (from the factor ``L``) and ``logdet M₀``, it returns
+
+        logdet M₀ + tr(W ΔM) − ½ tr(W ΔM W ΔM),      ΔM = M − M₀ (zero in value),
+
+    whose value, gradient ``W = M⁻¹`` (times ``s``: the E5/E6 coefficient) and Hessian
+    ``−W dM W`` are those of ``logdet M`` at ``G``: what a derived layer (its forward takes the
+    gradient, training differentiates it once more) needs, in matrix products inductor fuses.
+    Differentiating the factorisation itself (twice) made compiled ``crate_derived`` slower than
+    eager. Third derivatives are not those of ``logdet``. Failures are found without gradient and
+    the factorisation redone, jittered where it failed, so no branch of the graph carries a NaN.
     """
     scale_t = scale[..., None, None] if isinstance(scale, Tensor) else scale
-    X = G * scale_t
-    M = X + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-    with torch.no_grad():
-        failed = torch.linalg.cholesky_ex(M)[1] != 0
-    L = torch.linalg.cholesky_ex(_jitter(M, failed, rounding))[0]
-    return 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    M = G * scale_t + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    with torch.no_grad():  # constants for every level of differentiation (torch.func.grad respects it)
+        M0 = M.clone()
+        failed = torch.linalg.cholesky_ex(M0)[1] != 0
+        L = torch.linalg.cholesky_ex(_jitter(M0, failed, rounding))[0]
+        logdet0 = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        L_inv = torch.linalg.solve_triangular(L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L),
+                                              upper=False)
+        W = L_inv.mT @ L_inv  # M₀⁻¹ (on the CPU a triangular solve and a product beat cholesky_inverse 2×)
+    WdM = W @ (M - M0)
+    return logdet0 + WdM.diagonal(dim1=-2, dim2=-1).sum(-1) - 0.5 * (WdM * WdM.mT).sum((-2, -1))
 
 
 def logdet_identity_plus(G: Tensor, scale) -> Tensor:
@@ -272,7 +284,7 @@ def logdet_identity_plus(G: Tensor, scale) -> Tensor:
     elsewhere (jittered where rounding makes it fail: finite ``G``, finite value). Eagerly the
     backward is ``scale·(I + scale·G)⁻¹`` from the same factor (a triangular inverse, no second
     factorisation), itself differentiable in reverse and forward mode; under ``torch.compile``
-    autograd differentiates the factorisation (``_compiled_logdet``).
+    a second-order expansion at the factorised point (``_compiled_logdet``).
     """
     with torch.autocast(G.device.type, enabled=False):
         out_dtype = working_dtype(G.dtype)

@@ -57,6 +57,37 @@ def test_derived_ista_step_reproduces_E10(shape, lam, eta, seed):
     assert torch.allclose(step(X, X=X, D=D), expected, rtol=1e-12, atol=1e-13)
 
 
+@given(shape=shapes, lam=st.floats(0.0, 1.0), mu=st.floats(0.0, 1.0), eta=st.floats(0.01, 0.5),
+       signed=st.booleans(), seed=st.integers(0, 2**16))
+def test_first_step_from_the_input_is_one_matrix_and_equals_the_gradient_step(shape, lam, mu, eta, signed, seed):
+    # a token-wise quadratic smooth part makes X − η∇f(X; X, D) linear: X M, M formed on the basis tokens
+    B, N, d = shape[0], shape[1], shape[2] + shape[3]
+    objective = LeastSquares() + SquaredL2(lam=mu) + L1(lam=lam) + (0 if signed else NonNegative())
+    layer = derive(objective, step_size=eta, dim=d, D=tokens(seed + 1, d, d, scale=d**-0.5)).double()
+    x = tokens(seed, B, N, d).requires_grad_()
+    assert layer.step.linear_at_signal
+    fused = layer(x)
+    unfused = layer.step.apply(x, layer.objective_params(x))  # Z − η∇f(Z) by torch.func.grad, then prox
+    assert rel(fused, unfused) < 1e-12 or unfused.norm() == 0
+    cot = tokens(seed + 2, B, N, d)
+    g_fused = torch.autograd.grad(fused, [x, layer.D], cot)
+    g_unfused = torch.autograd.grad(unfused, [x, layer.D], cot)
+    for a, b in zip(g_fused, g_unfused):
+        assert rel(a, b) < 1e-10 or b.norm() == 0
+
+
+def test_only_token_wise_quadratic_steps_from_the_input_are_fused():
+    assert not derive_step(CompressedCodingRate(eps=0.5), step_size=0.1).linear_at_signal  # couples tokens
+    assert not derive_step(CodingRate(eps=0.5) + LeastSquares(), step_size=0.1).linear_at_signal
+    ista = derive(variants.ista(0.1), step_size=0.1, dim=6, steps=2).double()
+    x = tokens(0, 2, 5, 6)
+    params = ista.objective_params(x)
+    Z1 = ista.step.apply(x, params)
+    # the second step starts from Z₁ ≠ X: the plain gradient step, whatever at_signal says of Z₁
+    assert torch.equal(ista.step.apply(Z1, params, at_signal=True), ista.step.apply(Z1, params))
+    assert rel(ista(x), ista.step.apply(Z1, params)) < 1e-12
+
+
 def test_derive_step_batches_over_leading_dimensions():
     Z, U = tokens(0, 2, 3, 7, 8), tokens(1, 2, 8, 3)
     step = derive_step(CompressedCodingRate(eps=0.5), step_size=0.3)

@@ -89,15 +89,37 @@ class Step:
         used = {n: params[n] for n in smooth.requires}
         return torch.func.grad(lambda z: smooth(z, **used).sum())(Z)
 
-    def apply(self, Z: Tensor, params: dict, *, step_size=None, prox_scale=None) -> Tensor:
+    @property
+    def linear_at_signal(self) -> bool:
+        """Whether the gradient step from ``Z = X`` is a linear map ``X ↦ X M`` of the tokens: every
+        smooth term is a token-wise quadratic form (``Term.tokenwise_quadratic``), e.g. the ISTA step's
+        ``½‖X − ZDᵀ‖²`` (E10) or an elastic net's ``½‖X − ZDᵀ‖² + (μ/2)‖Z‖²``."""
+        terms = self.smooth.terms
+        return bool(terms) and all(t.tokenwise_quadratic for _, t in terms)
+
+    def step_matrix(self, params: dict, step_size, like: Tensor) -> Tensor:
+        """``M (d, d)`` with ``X − κ∇_Z f(X; X, …) = X M`` for every ``X (..., N, d)``, when
+        :attr:`linear_at_signal`: row j is the step of the basis token ``e_j`` (``Z = X = I_d``), so the
+        same ``torch.func.grad`` forms it from the weights alone (``2d³`` multiply-adds for the
+        ISTA step's ``I − κ(DᵀD − D)``) and the tokens meet one matrix instead of two (E10')."""
+        E = torch.eye(like.shape[-1], dtype=like.dtype, device=like.device)
+        basis = {n: (E if n == "X" else v) for n, v in params.items()}
+        return E - step_size * self.gradient(E, **basis)
+
+    def apply(self, Z: Tensor, params: dict, *, step_size=None, prox_scale=None, at_signal: bool = False) -> Tensor:
         """The step with the step size overridden (``step_size``) and the non-smooth part's weight
-        multiplied by ``prox_scale`` (a learnable λ: ``prox_{κ·ρg} = g.prox(·, κρ)``)."""
+        multiplied by ``prox_scale`` (a learnable λ: ``prox_{κ·ρg} = g.prox(·, κρ)``). ``at_signal``: ``Z``
+        is the signal ``X`` itself (a derived layer's first step from its input); a step that is then
+        linear (:attr:`linear_at_signal`) runs as ``Z M`` (:meth:`step_matrix`)."""
         self._check_params(params)
         kappa = self.resolve_step_size(Z, params) if step_size is None else step_size
         if not torch.compiler.is_compiling() and isinstance(kappa, float) and not math.isfinite(kappa):
             raise ValueError(f"step_size resolved to {kappa} for {self.objective}: "
                              f"'auto' needs a smooth part with a bound")
-        V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
+        if at_signal and self.linear_at_signal and ("X" not in params or params["X"] is Z):
+            V = Z @ self.step_matrix(params, kappa, Z)  # (..., N, d)
+        else:
+            V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
         if not self.nonsmooth.terms:
             return V
         return self.objective.prox(V, kappa if prox_scale is None else kappa * prox_scale)

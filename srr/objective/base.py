@@ -31,6 +31,9 @@ class Term(abc.ABC):
     smooth: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ()  # names of the parameters passed at evaluation
     symbol: ClassVar[str]  # name used by spec() and parse()
+    # a sum over tokens of a quadratic form of each token (Z_i, X_i), homogeneous of degree 2 (no
+    # linear or constant part): its gradient in Z is linear in (Z, X), token by token
+    tokenwise_quadratic: ClassVar[bool] = False
 
     @abc.abstractmethod
     def __call__(self, Z: Tensor, **params) -> Tensor:

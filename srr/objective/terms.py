@@ -119,6 +119,7 @@ class LeastSquares(Term):
 
     symbol: ClassVar[str] = "LeastSquares"
     requires: ClassVar[tuple[str, ...]] = ("X", "D")
+    tokenwise_quadratic: ClassVar[bool] = True
 
     def __call__(self, Z: Tensor, X: Tensor, D: Tensor) -> Tensor:
         if D.ndim != 2 or D.shape[-1] != Z.shape[-1] or D.shape[0] != X.shape[-1]:
@@ -144,6 +145,7 @@ class SquaredL2(Term):
 
     lam: float = 1.0
     symbol: ClassVar[str] = "L2"
+    tokenwise_quadratic: ClassVar[bool] = True
 
     def __post_init__(self):
         check_lam(self.lam)
