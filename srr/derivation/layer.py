@@ -132,7 +132,8 @@ class DerivedLayer(nn.Module):
         kappa = self.step_size if self.learn_step_size else None
         scale = None if self.lam0 is None else self.lam.clamp_min(0) / self.lam0
         for i in range(self.steps):  # the first step from the input: Z = X = x (one matrix when linear)
-            Z = self.step.apply(Z, params, step_size=kappa, prox_scale=scale, at_signal=i == 0 and self.start == "input")
+            first = i == 0 and self.start == "input"
+            Z = self.step.apply(Z, params, step_size=kappa, prox_scale=scale, at_signal=first)
         return Z - x if self.output == "update" else Z
 
     def extra_repr(self) -> str:
