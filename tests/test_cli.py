@@ -320,7 +320,7 @@ def test_bench_prints_the_headline_table():
 
 
 def test_bench_rejects_unknown_benchmarks():
-    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, compile, train")
+    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, compile, profile, train")
 
 
 def test_bench_names_the_machine_and_writes_its_rows_to_json(tmp_path):
@@ -337,13 +337,16 @@ def test_bench_names_the_machine_and_writes_its_rows_to_json(tmp_path):
 
 
 def test_bench_headlines_say_not_measured_for_missing_keys_and_no_times_sign_on_errors():
-    from srr.cli.bench import _compile, _models, _rates, _regularizer
+    from srr.cli.bench import _compile, _models, _profile, _rates, _regularizer
 
-    for rows in (_regularizer({}), _compile({}), _rates({})):
+    for rows in (_regularizer({}), _compile({}), _rates({}), _profile({})):
         assert rows and all(h.value is None and h.met is None and h.shown() == "not measured" for h in rows)
     assert [h.target for h in _regularizer({})] == ["<= 1.25 (#12.1)", "<= 1.4 (#12.1)", "<= 1.05 (#12.1)",
-                                                    "<= 1.25 (#12.1)", "<= 1.4 (#12.1)", "<= 1.05 (#12.1)",
-                                                    ">= 0.8 (#12.2)"]
+                                                    "<= 1.05 (#12.1)", "<= 1.25 (#12.1)", "<= 1.4 (#12.1)",
+                                                    "<= 1.05 (#12.1)", ">= 0.8 (#12.2)"]
+    bound = _profile({"derived": {"train_vs_vit_if_crate_nonmatmul_were_vits": 1.07, "crate_nonmatmul_ms": 540.0,
+                                  "crate_nonmatmul_for_1_1x_vit": 450.0}})
+    assert bound[0].value == 1.07 and bound[1].value is None and abs(bound[2].value - 1.2) < 1e-12
     error = _rates({"Rc_speedup": 2.0, "float32_max_rel_err": 3e-5})[1]
     assert error.met and error.shown() == "3.00e-05" and "×" not in error.shown()
     seconds = _compile({"derived_compiled_compile_train_s": 12.5})[2]
@@ -355,7 +358,7 @@ def test_bench_headlines_say_not_measured_for_missing_keys_and_no_times_sign_on_
 
 
 @pytest.mark.parametrize("name", [
-    "rates", "train",
+    "rates", "train", "profile",
     *(pytest.param(n, marks=pytest.mark.slow) for n in ("layers", "models", "regularizer", "compile")),
 ])
 def test_bench_quick_runs_each_benchmark_from_the_package(name, tmp_path):

@@ -117,7 +117,8 @@ def _regularizer(result) -> list[Headline]:
     return [_check("SRR term, all 12 layers, plain: step time ratio", t("ratio_all12"), "<=", 1.25, issue="12.1"),
             _check("SRR term, all 12 layers, detached (HU24): step time ratio", t("ratio_all12_detached"), "<=", 1.4,
                    issue="12.1"),
-            _check("SRR term, last layer: step time ratio", t("ratio_last"), "<=", 1.05, issue="12.1"),
+            _check("SRR term, last layer, detached (HU24): step time ratio", t("ratio_last"), "<=", 1.05, issue="12.1"),
+            _check("SRR term, last layer, plain: step time ratio", t("ratio_last_plain"), "<=", 1.05, issue="12.1"),
             _check("SRR term at the model's projection LN(Z)U, all 12 layers, plain: step time ratio",
                    t("ratio_all12_projection"), "<=", 1.25, issue="12.1"),
             _check("SRR term at the model's projection LN(Z)U, all 12, detached: step time ratio",
@@ -137,6 +138,17 @@ def _compile(result) -> list[Headline]:
                    unit="s")]
 
 
+def _profile(result) -> list[Headline]:
+    d = lambda key: _get(result, f"derived.{key}")  # noqa: E731
+    return [_check("train: crate vs timm ViT if CRATE's non-matmul ops cost ViT's (bound on #12.5's 1.1)",
+                   d("train_vs_vit_if_crate_nonmatmul_were_vits")),
+            _check("train: crate vs public code if only the linear maps differed (E10')",
+                   d("train_vs_public_if_only_matmuls_differ")),
+            _check("train: CRATE's non-matmul ms over the ms they must fit in for 1.1× ViT",
+                   None if d("crate_nonmatmul_for_1_1x_vit") in (None, 0) else
+                   d("crate_nonmatmul_ms") / d("crate_nonmatmul_for_1_1x_vit"))]
+
+
 def _train(result) -> list[Headline]:
     return [_check("default srr train: loader vs model images/s", _get(result, "ratio"), ">=", 1.0)]
 
@@ -152,6 +164,8 @@ BENCHES = [
           lambda quick, dev: ["--device", dev] + (["--steps", "1", "--batch", "16", "--images", "32", "--measure-batch",
                                                    "16", "--measure-rounds", "1"] if quick else []), _regularizer),
     Bench("compile", "bench_compile", lambda quick, dev: ["--device", dev] + (["--quick"] if quick else []), _compile),
+    Bench("profile", "profile_train",
+          lambda quick, dev: ["--device", dev] + (["--batch", "16", "--rounds", "1"] if quick else []), _profile),
     Bench("train", None, lambda quick, dev: [], _train),
 ]
 
@@ -206,7 +220,7 @@ def bench_command(
         "--quick",
         help="Small shapes and few repeats (a smoke run, ratios are noisy).")] = False,
     only: Annotated[Optional[str], typer.Option(
-        help="Comma-separated benchmarks to run: rates, layers, models, regularizer, compile, train.")] = None,
+        help="Comma-separated benchmarks to run: rates, layers, models, regularizer, compile, profile, train.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(
         help="torch CPU threads (default: torch's own choice).", min=1)] = None,
