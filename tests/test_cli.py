@@ -320,7 +320,8 @@ def test_bench_prints_the_headline_table():
 
 
 def test_bench_rejects_unknown_benchmarks():
-    assert_one_line_error(run("bench", "--only", "nope"), 2, "rates, layers, models, regularizer, compile, profile, train")
+    assert_one_line_error(run("bench", "--only", "nope"), 2,
+                          "rates, layers, models, regularizer, compile, profile, train")
 
 
 def test_bench_names_the_machine_and_writes_its_rows_to_json(tmp_path):
