@@ -10,12 +10,12 @@ the same factor. A factorisation that still fails is redone with a relative jitt
 as a silent NaN.
 
 Under ``torch.compile`` (a compiled graph is a model's training or inference step: the derived
-layers differentiate a rate's gradient) the rates run as plain differentiable ops in the tokens'
-working dtype, with one factorisation, checked and jittered without a data branch: the gradient
-``s (I + sG)⁻¹`` is well conditioned in float32 at every scale (its eigenvalues lie in (0, s]), and
-the float64 Grams and the series cost compiled ``crate_derived`` 3.6× eager ``crate``'s step against
-1.9× (issue 12, measured: docs/guide-derive.md). The 1e-4 accuracy of the *values* at extreme
-scales (tests/test_rates_float32.py) is the eager guarantee.
+layers differentiate a rate's gradient) the rates run in the tokens' working dtype, the logdet as a
+second-order expansion at one checked factorisation (``_compiled_logdet``): value, gradient
+``s (I + sG)⁻¹`` (well conditioned in float32 at every scale, its eigenvalues lie in (0, s]) and
+Hessian exact, no factorisation differentiated. The 1e-4 accuracy of the *values* at extreme scales
+(tests/test_rates_float32.py) is the eager guarantee; docs/guide-derive.md, "Compiling derived
+layers", has the measurements.
 """
 from __future__ import annotations
 

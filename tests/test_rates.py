@@ -248,3 +248,27 @@ def test_bad_inputs_name_the_argument():
         coding_rate([[1.0]], 0.5)
     with pytest.raises(TypeError, match="floating-point"):
         coding_rate(torch.ones(2, 2, dtype=torch.int64), 0.5)
+
+
+@given(m=st.integers(1, 6), n=st.integers(1, 9), seed=st.integers(0, 2**16), scale=st.floats(0.1, 20.0))
+def test_compiled_logdet_has_the_value_gradient_and_hessian_of_the_logdet(m, n, seed, scale):
+    """``torch.compile``'s logdet (srr.linalg._compiled_logdet: a second-order expansion at a factorised
+    point) against ``torch.logdet`` in float64: value, gradient in G and s, and a Hessian-vector product."""
+    from srr.linalg import _compiled_logdet
+
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(2, n, m, generator=g, dtype=torch.float64)
+    G = (A.mT @ A).requires_grad_()
+    s = torch.tensor([scale, 2 * scale], dtype=torch.float64, requires_grad=True)
+    V = torch.randn(2, m, m, generator=g, dtype=torch.float64)
+    V = V + V.mT
+    exact = lambda G, s: torch.logdet(torch.eye(m, dtype=G.dtype) + s[:, None, None] * G)  # noqa: E731
+    values, grads, hvps = [], [], []
+    for f in (exact, lambda G, s: _compiled_logdet(G, s, 2.0**-52)):
+        value = f(G, s)
+        gG, gs = torch.autograd.grad(value.sum(), (G, s), create_graph=True)
+        hvp = torch.autograd.grad((gG * V).sum() + gs.sum(), (G, s))
+        values.append(value), grads.append((gG, gs)), hvps.append(hvp)
+    assert torch.allclose(values[1], values[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads[1] + hvps[1], grads[0] + hvps[0]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
