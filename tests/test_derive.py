@@ -76,6 +76,20 @@ def test_first_step_from_the_input_is_one_matrix_and_equals_the_gradient_step(sh
         assert rel(a, b) < 1e-10 or b.norm() == 0
 
 
+@pytest.mark.parametrize("tokens_per_set, fused", [(10, True), (3, False)])
+def test_the_step_matrix_is_formed_only_when_it_saves_work(tokens_per_set, fused, monkeypatch):
+    # 4 sets of N tokens of width d = 6: M costs 2d³, saves T·d² (T = 4N tokens): fused iff T > 2d
+    from srr.derivation.step import Step
+
+    calls = []
+    original = Step.step_matrix
+    monkeypatch.setattr(Step, "step_matrix", lambda self, *a: calls.append(1) or original(self, *a))
+    layer = derive(variants.ista(0.1), step_size=0.1, dim=6).double()
+    x = tokens(0, 4, tokens_per_set, 6)
+    assert rel(layer(x), layer.step.apply(x, layer.objective_params(x))) < 1e-12
+    assert bool(calls) == fused
+
+
 def test_only_token_wise_quadratic_steps_from_the_input_are_fused():
     assert not derive_step(CompressedCodingRate(eps=0.5), step_size=0.1).linear_at_signal  # couples tokens
     assert not derive_step(CodingRate(eps=0.5) + LeastSquares(), step_size=0.1).linear_at_signal

@@ -106,17 +106,25 @@ class Step:
         basis = {n: (E if n == "X" else v) for n, v in params.items()}
         return E - step_size * self.gradient(E, **basis)
 
+    def _fuses(self, Z: Tensor, params: dict) -> bool:
+        """Whether the step from ``Z = X`` runs as ``Z M``: linear, and ``Z`` has T > 2d tokens (forming ``M``
+        costs 2d³ multiply-adds and saves one token-wise product, T·d²)."""
+        d = Z.shape[-1]
+        return (self.linear_at_signal and ("X" not in params or params["X"] is Z)
+                and Z.numel() // max(d, 1) > 2 * d)
+
     def apply(self, Z: Tensor, params: dict, *, step_size=None, prox_scale=None, at_signal: bool = False) -> Tensor:
         """The step with the step size overridden (``step_size``) and the non-smooth part's weight
         multiplied by ``prox_scale`` (a learnable λ: ``prox_{κ·ρg} = g.prox(·, κρ)``). ``at_signal``: ``Z``
         is the signal ``X`` itself (a derived layer's first step from its input); a step that is then
-        linear (:attr:`linear_at_signal`) runs as ``Z M`` (:meth:`step_matrix`)."""
+        linear (:attr:`linear_at_signal`) runs as ``Z M`` (:meth:`step_matrix`) when ``Z`` has more than
+        2d tokens (fewer: forming ``M`` would cost more than it saves)."""
         self._check_params(params)
         kappa = self.resolve_step_size(Z, params) if step_size is None else step_size
         if not torch.compiler.is_compiling() and isinstance(kappa, float) and not math.isfinite(kappa):
             raise ValueError(f"step_size resolved to {kappa} for {self.objective}: "
                              f"'auto' needs a smooth part with a bound")
-        if at_signal and self.linear_at_signal and ("X" not in params or params["X"] is Z):
+        if at_signal and self._fuses(Z, params):
             V = Z @ self.step_matrix(params, kappa, Z)  # (..., N, d)
         else:
             V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
