@@ -350,7 +350,7 @@ def test_bench_headlines_say_not_measured_for_missing_keys_and_no_times_sign_on_
     assert bound[0].value == 1.07 and bound[1].value is None and abs(bound[2].value - 1.2) < 1e-12
     error = _rates({"Rc_speedup": 2.0, "float32_max_rel_err": 3e-5})[1]
     assert error.met and error.shown() == "3.00e-05" and "×" not in error.shown()
-    seconds = _compile({"derived_compiled_compile_train_s": 12.5})[2]
+    seconds = _compile({"derived_compiled_compile_train_s": 12.5})[3]
     assert seconds.shown() == "12.5 s"
     crate = _models([{"variant": "crate", "train_speedup": 1.7, "infer_speedup": 1.5,
                       "timm_note": "not measured: timm is not installed"}])

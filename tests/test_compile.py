@@ -96,3 +96,18 @@ def test_solve_identity_plus_still_recovers_a_failed_cholesky_eagerly_and_compil
     torch.testing.assert_close(solve_identity_plus(G, 1.0, B), expected)
     compiled = torch.compile(solve_identity_plus, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(G, 1.0, B), expected)
+
+
+def test_the_benchmarks_floor_of_the_coding_rate_term_is_its_gradient_and_hessian():
+    """bench_compile's floor for the modified objective's −R term: ∇R (E5) and its vector-Jacobian
+    product (the Hessian of R applied to a cotangent), against autograd in float64."""
+    from srr.bench.bench_compile import _floor_rate_gradient
+    from srr.rates import coding_rate
+
+    g = torch.Generator().manual_seed(3)
+    Z = torch.randn(3, 9, 16, generator=g, dtype=torch.float64).requires_grad_()
+    cotangent = torch.randn(3, 9, 16, generator=g, dtype=torch.float64)
+    grad, vjp = _floor_rate_gradient(Z, cotangent, eps=0.5)
+    grad_ref = torch.autograd.grad(coding_rate(Z, 0.5).sum(), Z, create_graph=True)[0]
+    vjp_ref = torch.autograd.grad(grad_ref, Z, cotangent)[0]
+    assert relative_error(grad, grad_ref) < 1e-12 and relative_error(vjp, vjp_ref) < 1e-12
