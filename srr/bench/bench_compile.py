@@ -17,8 +17,8 @@ Target (issue 12, 4): compiled derived trains within 1.5× the time of the hand-
 users run it (eager): ``derived_compiled_vs_crate_train <= 1.5``; the ratio to compiled ``crate`` is
 reported too. The modified objective's ``−R`` term is arithmetic ``crate_derived`` does not do: its floor
 (``_floor_rate_gradient``, bare torch calls, timed in the same rounds) on top of compiled
-``crate_derived``'s step is ``modified_floor_vs_crate_train``. Compile cost: seconds to the first training step (and first inference) of each compiled
-model, compile included. Usage::
+``crate_derived``'s step is ``modified_floor_vs_crate_train``. Compile cost: seconds to the first
+training step (and first inference) of each compiled model, compile included. Usage::
 
     python -m srr.bench.bench_compile                  # CPU: crate_tiny, 32 px, patch 4, batch 128
     python -m srr.bench.bench_compile --quick          # smoke run: depth 2, batch 16, aot_eager
