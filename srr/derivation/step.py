@@ -110,15 +110,13 @@ class Step:
         """Whether the step from ``Z = X`` runs as ``Z M``: linear, and ``Z`` has T > 2d tokens (forming ``M``
         costs 2d³ multiply-adds and saves one token-wise product, T·d²)."""
         d = Z.shape[-1]
-        return (self.linear_at_signal and ("X" not in params or params["X"] is Z)
-                and Z.numel() // max(d, 1) > 2 * d)
+        return self.linear_at_signal and ("X" not in params or params["X"] is Z) and Z.numel() > 2 * d * d
 
     def apply(self, Z: Tensor, params: dict, *, step_size=None, prox_scale=None, at_signal: bool = False) -> Tensor:
         """The step with the step size overridden (``step_size``) and the non-smooth part's weight
         multiplied by ``prox_scale`` (a learnable λ: ``prox_{κ·ρg} = g.prox(·, κρ)``). ``at_signal``: ``Z``
         is the signal ``X`` itself (a derived layer's first step from its input); a step that is then
-        linear (:attr:`linear_at_signal`) runs as ``Z M`` (:meth:`step_matrix`) when ``Z`` has more than
-        2d tokens (fewer: forming ``M`` would cost more than it saves)."""
+        linear (:attr:`linear_at_signal`) runs as ``Z M`` (:meth:`step_matrix`) where that saves work."""
         self._check_params(params)
         kappa = self.resolve_step_size(Z, params) if step_size is None else step_size
         if not torch.compiler.is_compiling() and isinstance(kappa, float) and not math.isfinite(kappa):

@@ -157,15 +157,14 @@ class ISTA(nn.Module):
         return y.reshape(*x.shape[:-1], self.dim)
 
     def _use_triton(self, x: Tensor) -> bool:
-        if self.backend == "torch":
+        """Only ``backend="triton"``: every other backend takes the torch path (class docstring)."""
+        if self.backend != "triton":
             return False
-        if self.backend == "triton":
-            if not triton_ista.available(x):
-                raise RuntimeError(f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on the "
-                                   f"CPU), got a {x.device.type} tensor of {x.dtype}; triton installed: "
-                                   f"{triton_ista.triton is not None}")
-            return True
-        return False  # "auto": the torch path (the Triton kernel is not measured faster: class docstring)
+        if not triton_ista.available(x):
+            raise RuntimeError(f"backend='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1 on the "
+                               f"CPU), got a {x.device.type} tensor of {x.dtype}; triton installed: "
+                               f"{triton_ista.triton is not None}")
+        return True
 
     def reference(self, x: Tensor) -> Tensor:
         """The derived step: ``derive_step(LeastSquares() + L1(λ) + NonNegative(), η)(x, X=x, D=D)``."""
