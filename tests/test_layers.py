@@ -169,6 +169,25 @@ def test_mssa_add_update_is_the_residual_plus_the_update_with_its_gradients(trai
     assert torch.equal(layer.step(x), layer.add_update(x, x))
 
 
+def _grad_fns(t):
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            todo.extend(f for f, _ in fn.next_functions)
+    return {fn.name() for fn in seen}
+
+
+def test_mssa_add_update_backward_has_no_copy_of_a_view():
+    """The in-place addmm runs on a new tensor, not on a view of one: autograd needs no ``CopySlices``
+    (a clone and two copies of the tokens' gradient per layer) and passes the gradient straight through."""
+    layer = MSSA(12, heads=3).train()
+    z, x = torch.randn(2, 7, 12, requires_grad=True), torch.randn(2, 7, 12, requires_grad=True)
+    names = _grad_fns(layer.add_update(z, x))
+    assert "AddmmBackward0" in names and "CopySlices" not in names
+
+
 def test_mssa_add_update_keeps_forward_hooks_seeing_the_update():
     layer = MSSA(12, heads=3).eval()
     z, x = torch.randn(2, 7, 12), torch.randn(2, 7, 12)

@@ -92,9 +92,11 @@ class MSSA(nn.Module):
             return residual + self.forward(x)
         o = self._attend(x)  # (..., N, K·p)
         out_map = self.to_out[0]
-        z = torch.add(residual, out_map.bias).contiguous()  # (..., N, d), new: the in-place addmm below is safe
-        z.view(-1, self.dim).addmm_(o.reshape(-1, o.shape[-1]), out_map.weight.mT)  # Z + b + o W_outᵀ
-        return z
+        # (T, d), a new tensor and not a view: the in-place addmm is safe and its backward passes the
+        # gradient through (an in-place op on a view would cost autograd a CopySlices: a clone and two copies)
+        z = torch.add(residual.reshape(-1, self.dim), out_map.bias)
+        z.addmm_(o.reshape(-1, o.shape[-1]), out_map.weight.mT)  # Z + b + o W_outᵀ
+        return z.view(residual.shape)
 
     def _fuses_residual(self, residual: Tensor, x: Tensor) -> bool:
         return (self.output == "crate" and self.step_size == 1.0 and self.backend != "reference"
