@@ -8,7 +8,8 @@ parameters). Each model's training step (forward, cross-entropy, backward, AdamW
 - ``attention``: SDPA and its backward; the public code's explicit ``bmm`` products, softmax and backward;
 - ``layernorm``: LayerNorm and its backward;
 - ``optimizer``: the AdamW update (``_foreach_*`` and everything under ``Optimizer.step``);
-- ``other``: element-wise ops, copies, fills, reductions, activation backwards.
+- ``other``: element-wise ops, copies, fills, reductions, activation backwards; its largest ops are kept
+  per model (``other_top_profiled_ms``, each named ``op < caller``, e.g. SDPA backward's zero-fills).
 
 Medians over rounds, per category, in ms; the unprofiled step times come from alternating rounds run
 before the profiled ones, and each category is reported as its share of the unprofiled step.
@@ -34,6 +35,7 @@ from srr.bench.bench_models import PublicCRATE, timm_vit
 from srr.models import create_model, load_public_state_dict
 
 CATEGORIES = ("matmul", "attention", "layernorm", "optimizer", "other")
+TOP_OTHER = 10  # the largest ops of the "other" category kept per model (median profiled ms over rounds)
 _MATMUL = ("aten::mm", "aten::addmm", "aten::addmm_", "mkldnn::_linear_pointwise")
 _ATTENTION = ("scaled_dot_product", "aten::bmm", "aten::baddbmm", "aten::_softmax", "aten::_softmax_backward_data")
 
@@ -60,16 +62,34 @@ def _under_optimizer(event) -> bool:
     return False
 
 
-def profile_step(step) -> dict[str, float]:
-    """Self CPU time (ms) of one call of ``step`` per category: leaf ops only (no double counting)."""
+def profile_step(step) -> tuple[dict[str, float], dict[str, float]]:
+    """Self CPU time (ms) of one call of ``step`` per category (leaf ops only, no double counting), and
+    the ``other`` category per op, named ``op < caller`` (e.g. ``aten::fill_ < aten::zero_``)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     totals = dict.fromkeys(CATEGORIES, 0.0)
+    other: dict[str, float] = {}
     for event in prof.events():
         if event.name.startswith(("Optimizer.", "autograd::", "## ")) or event.self_cpu_time_total <= 0:
             continue
-        totals[category(event.name, _under_optimizer(event))] += event.self_cpu_time_total / 1e3
-    return totals
+        cat = category(event.name, _under_optimizer(event))
+        totals[cat] += event.self_cpu_time_total / 1e3
+        if cat == "other":
+            key = f"{event.name} < {_caller(event)}"
+            other[key] = other.get(key, 0.0) + event.self_cpu_time_total / 1e3
+    return totals, other
+
+
+def _caller(event) -> str:
+    """The nearest enclosing op or autograd node that says where an element-wise op comes from."""
+    parent = event.cpu_parent
+    while parent is not None and parent.name.startswith(("aten::zero", "aten::clone", "aten::to", "aten::_to_copy",
+                                                         "aten::contiguous")):
+        parent = parent.cpu_parent
+    if parent is None:
+        return "forward"
+    name = parent.name.removeprefix("autograd::engine::evaluate_function: ")[:60]
+    return "autograd" if name == event.name else name  # an autograd node's own bookkeeping
 
 
 def _train_step(model, x, y):
@@ -110,9 +130,12 @@ def run(*, batch: int = 128, rounds: int = 5, timm_model: str = "vit_tiny_patch1
             profiled[name].append(profile_step(step))
     out = {"batch": batch, "rounds": rounds, "threads": torch.get_num_threads(), "timm": note, "models": {}}
     for name in steps:
-        cats = {c: statistics.median(p[c] for p in profiled[name]) for c in CATEGORIES}
+        cats = {c: statistics.median(p[c] for p, _ in profiled[name]) for c in CATEGORIES}
+        ops = {k for _, other in profiled[name] for k in other}
+        other = {k: statistics.median(o.get(k, 0.0) for _, o in profiled[name]) for k in ops}
+        top = dict(sorted(other.items(), key=lambda kv: -kv[1])[:TOP_OTHER])
         out["models"][name] = {"step_ms": statistics.median(wall[name]), "profiled_ms": cats,
-                               "profiled_total_ms": sum(cats.values())}
+                               "profiled_total_ms": sum(cats.values()), "other_top_profiled_ms": top}
     m = out["models"]
 
     def scaled(name: str, cat: str) -> float:  # a category's share of the unprofiled step
@@ -160,6 +183,10 @@ def main(argv=None) -> dict:
         print(f"{name:<8} {r['step_ms']:8.0f} " + " ".join(f"{r['profiled_ms'][c] * share:10.0f}" for c in CATEGORIES))
     for k, v in out["derived"].items():
         print(f"  {k:<44} {v:8.3f}")
+    for name, r in out["models"].items():
+        print(f"{name}: largest 'other' ops (profiled ms)")
+        for op, ms in r["other_top_profiled_ms"].items():
+            print(f"  {ms:8.1f}  {op}")
     print(json.dumps(out))
     return out
 
