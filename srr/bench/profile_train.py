@@ -64,7 +64,8 @@ def _under_optimizer(event) -> bool:
 
 def profile_step(step) -> tuple[dict[str, float], dict[str, float]]:
     """Self CPU time (ms) of one call of ``step`` per category (leaf ops only, no double counting), and
-    the ``other`` category per op, named ``op < caller`` (e.g. ``aten::fill_ < aten::zero_``)."""
+    the ``other`` category per op, named ``op < caller``
+    (e.g. ``aten::fill_ < aten::_scaled_dot_product_flash_attention_for_cpu_backward``)."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     totals = dict.fromkeys(CATEGORIES, 0.0)
