@@ -149,6 +149,14 @@ def _checked_cholesky(M: Tensor, rounding: float) -> Tensor:
     return torch.where(failed[..., None, None], torch.linalg.cholesky_ex(_jitter(M, failed, rounding))[0], L)
 
 
+def inverse_from_cholesky(L: Tensor) -> Tensor:
+    """``M⁻¹ = L⁻ᵀ L⁻¹`` from the lower Cholesky factor ``L (..., m, m)`` of ``M``: a triangular solve and a
+    product (on the CPU 2× faster than ``torch.cholesky_inverse``)."""
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    return L_inv.mT @ L_inv
+
+
 class _InverseFromCholesky(torch.autograd.Function):
     """``(I + sG)⁻¹`` from its Cholesky factor ``L``, differentiable in ``G`` and ``s`` (not in ``L``)."""
 
@@ -156,9 +164,7 @@ class _InverseFromCholesky(torch.autograd.Function):
 
     @staticmethod
     def forward(G, scale, L):
-        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
-        L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
-        return L_inv.mT @ L_inv
+        return inverse_from_cholesky(L)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -268,9 +274,7 @@ def _compiled_logdet(G: Tensor, scale, rounding: float) -> Tensor:
         failed = torch.linalg.cholesky_ex(M0)[1] != 0
         L = torch.linalg.cholesky_ex(_jitter(M0, failed, rounding))[0]
         logdet0 = 2.0 * L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        L_inv = torch.linalg.solve_triangular(L, torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L),
-                                              upper=False)
-        W = L_inv.mT @ L_inv  # M₀⁻¹ (on the CPU a triangular solve and a product beat cholesky_inverse 2×)
+        W = inverse_from_cholesky(L)  # M₀⁻¹
     WdM = W @ (M - M0)
     return logdet0 + WdM.diagonal(dim1=-2, dim2=-1).sum(-1) - 0.5 * (WdM * WdM.mT).sum((-2, -1))
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from srr.derivation import derive, variants
+from srr.linalg import inverse_from_cholesky
 from srr.models import create_model
 from srr.objective import L1, LeastSquares, SquaredL2
 
@@ -72,10 +73,7 @@ def _floor_rate_gradient(Z: Tensor, cotangent: Tensor, *, eps: float) -> tuple[T
     alpha = d / (N * eps**2)
     M = alpha * (Z @ Z.mT)
     M.diagonal(dim1=-2, dim2=-1).add_(1.0)
-    L = torch.linalg.cholesky_ex(M)[0]
-    eye = torch.eye(N, dtype=Z.dtype, device=Z.device).expand_as(L)
-    L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
-    W = L_inv.mT @ L_inv  # (I + αZZᵀ)⁻¹
+    W = inverse_from_cholesky(torch.linalg.cholesky_ex(M)[0])  # (I + αZZᵀ)⁻¹
     grad = alpha * (W @ Z)
     Q = -(alpha**2) * (W @ (cotangent @ Z.mT) @ W)
     return grad, alpha * (W @ cotangent) + (Q + Q.mT) @ Z
