@@ -1,7 +1,11 @@
 """The typer application: one command per module of this package."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+from types import SimpleNamespace
 from typing import Annotated
 
 import typer
@@ -18,14 +22,35 @@ from .models import models_command
 from .train import train
 
 
-def _click_exceptions():
-    """The exceptions of the click that typer runs on (recent typer vendors its own, ``typer._click``)."""
-    vendored = getattr(typer.core, "_click", None)
-    if vendored is not None:
-        return vendored.exceptions
-    import click
+def _click_exceptions() -> SimpleNamespace:
+    """The exception classes of the click that typer runs on, looked up one by one: recent typer vendors its
+    own click (``typer._click``) and moves some classes (``Abort`` lives in ``typer.exceptions`` there); a
+    class found nowhere is ``()``, which an ``except`` clause never matches."""
+    import typer.exceptions
 
-    return click.exceptions
+    modules = [getattr(getattr(typer.core, "_click", None), "exceptions", None), typer.exceptions]
+    try:
+        import click.exceptions
+
+        modules.append(click.exceptions)
+    except ImportError:
+        pass
+
+    def find(name):
+        found = tuple(dict.fromkeys(getattr(m, name) for m in modules if m is not None and hasattr(m, name)))
+        return found or ()
+
+    return SimpleNamespace(**{name: find(name) for name in ("NoArgsIsHelpError", "UsageError", "ClickException",
+                                                            "Abort")})
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout was closed early (``srr --help | head -5``): nothing more can be said there, and nothing needs
+    saying elsewhere; later writes (the interpreter's own flush at exit) go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(devnull, sys.stdout.fileno())
+    return FAILED
 
 
 class _OneLineUsageErrors(TyperGroup):
@@ -38,7 +63,7 @@ class _OneLineUsageErrors(TyperGroup):
         exceptions = _click_exceptions()
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except getattr(exceptions, "NoArgsIsHelpError", ()):  # plain `srr`: the help, as click shows it
+        except exceptions.NoArgsIsHelpError:  # plain `srr`: the help, as click shows it
             return super().main(*args, **kwargs)
         except exceptions.UsageError as error:
             hint = f" (see: {error.ctx.command_path} --help)" if error.ctx is not None else ""
@@ -47,6 +72,8 @@ class _OneLineUsageErrors(TyperGroup):
             raise SystemExit(fail(error.format_message(), error.exit_code).exit_code) from None
         except exceptions.Abort:
             raise SystemExit(fail("aborted", FAILED).exit_code) from None
+        except BrokenPipeError:
+            raise SystemExit(_quiet_broken_pipe()) from None
         raise SystemExit(code if isinstance(code, int) else 0)
 
 

@@ -74,3 +74,20 @@ def user_errors(code: int = FAILED):
         raise fail(str(error), code) from None
     except OSError as error:
         raise fail(f"{type(error).__name__}: {error}", FAILED) from None
+
+
+@contextlib.contextmanager
+def named_options(config_class=None):
+    """A ValueError raised in the block that starts a clause with a ``TrainConfig`` field name (``batch_size
+    must be ...``) names the option the user typed instead (``--batch-size must be ...``)."""
+    from srr.train.config import TrainConfig, option_name
+
+    fields = sorted((config_class or TrainConfig).field_names(), key=len, reverse=True)
+    pattern = re.compile(rf"(?<![\w\-.=])({'|'.join(fields)})(?= must\b| \()")
+    try:
+        yield
+    except ValueError as error:
+        message = pattern.sub(lambda m: option_name(m.group(1)), str(error))
+        if message == str(error):
+            raise
+        raise ValueError(message) from None

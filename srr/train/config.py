@@ -3,7 +3,11 @@
 The run folder stores it as ``config.json``; ``--resume`` reads it back, so a resumed run trains
 under exactly the options it started with. Defaults give the newcomer's run: ``crate_nano`` on
 the bundled ``digits`` data with SRR regularisation of the last layer (HU24 §6, MATH.md §6),
-about a minute on two CPU cores.
+tens of seconds on two CPU cores (docs/cli.md gives the measured time).
+
+``srr train``'s options are generated from these fields (srr/cli/config_options.py): a field's trailing
+``# comment`` is its ``--help`` text and a ``# section`` line above a group of fields names their panel,
+so a field added here with a comment is a command-line option at once.
 """
 from __future__ import annotations
 
@@ -15,6 +19,13 @@ from srr._checks import check_choice, check_eps, check_int, check_lam, check_non
 from srr._config import ConfigBase
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+# A field's command-line name where it is not ``--field-name`` (errors and resume messages name what users type).
+OPTION_NAMES = {"num_workers": "--workers"}
+
+
+def option_name(field: str) -> str:
+    """The ``srr train`` option that sets ``field``: ``batch_size`` → ``--batch-size``."""
+    return OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -23,32 +34,33 @@ class TrainConfig(ConfigBase):
     ``batch_size * world_size``."""
 
     # model
-    model: str = "crate_nano"
+    model: str = "crate_nano"  # model name from the registry (see: srr models)
     variant: str | None = None  # None: the registry entry's own variant
-    patch_size: int | None = None  # None: the registry entry's own
-    dropout: float | None = None  # None: the registry entry's own
+    patch_size: int | None = None  # patch size; None: the registry entry's own
+    dropout: float | None = None  # dropout inside attention; None: the registry entry's own
     model_eps: float | None = None  # the model's own ε (CRATEConfig.eps: crate_exact/crate_derived); None: its own
     init_from: str | None = None  # weights to fine-tune from (create_model(pretrained=...)): new head/size adapted
     grad_checkpointing: bool = False  # recompute layer activations in backward (memory for time)
+    drop_path: float | None = None  # stochastic depth on residual branches, linear in depth up to this; None: its own
     # data
-    dataset: str = "digits"
+    dataset: str = "digits"  # digits (bundled), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder
     data_dir: str | None = None  # None: $SRR_DATA_DIR, else ./data
-    download: bool = False
-    augment: bool = True
-    image_size: int | None = None  # None: the dataset's own
+    download: bool = False  # download the dataset if its files are missing
+    augment: bool = True  # the dataset's standard training augmentation
+    image_size: int | None = None  # resize images to this size; None: the dataset's own
     val_fraction: float = 0.1  # held out of the training split (fixed split) for val metrics and best.pt
     train_subset: int | None = None  # train on the first n training images only (smoke runs, tests)
-    num_workers: int | None = None  # None: 0 for in-memory data, else min(4, cpus)
+    num_workers: int | None = None  # data-loader worker processes; None: 0 for in-memory data, else min(4, cpus)
     # optimisation
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
+    epochs: int = 30  # number of epochs
+    batch_size: int = 64  # batch size per process
+    lr: float = 3e-3  # peak learning rate
     min_lr: float = 1e-5  # floor of the cosine schedule
     weight_decay: float = 0.05  # applied to weight matrices only
     warmup: float = 2.0  # epochs of linear warm-up (fractions allowed)
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # adamw, adam or sgd
     momentum: float = 0.9  # sgd only
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # label smoothing of the cross-entropy
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     layer_decay: float | None = None  # layer-wise lr decay in (0, 1] (layer ℓ of L: lr·decay^(L−ℓ)); None: off
     # SRR regularisation (MATH.md §6)
@@ -59,11 +71,11 @@ class TrainConfig(ConfigBase):
     measure_samples: int = 256  # training images on which per-layer μ_SRR is measured each epoch; 0: off
     # run control
     out: str | None = None  # run folder; None: runs/<model>-<dataset>-<timestamp>
-    seed: int = 0
+    seed: int = 0  # random seed (offset by rank under torchrun)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     amp: bool = False  # bfloat16 autocast
     compile: bool = False  # torch.compile the model
-    resume: bool = False
+    resume: bool = False  # continue the run in --out from its latest checkpoint, with its saved settings
     checkpoint_every: int = 0  # also checkpoint every k optimiser steps; 0: end of each epoch only
     deterministic: bool = True  # torch.use_deterministic_algorithms (exact resume)
     threads: int | None = None  # intra-op CPU threads during the run; None: torch's default
@@ -97,6 +109,8 @@ class TrainConfig(ConfigBase):
         check_number(self.val_fraction, "val_fraction", low=0, high=1, high_open=True)
         if self.dropout is not None:
             check_number(self.dropout, "dropout", low=0, high=1)
+        if self.drop_path is not None:
+            check_number(self.drop_path, "drop_path", low=0, high=1, high_open=True)
         if self.grad_clip is not None:
             check_positive(self.grad_clip, "grad_clip")
         if self.layer_decay is not None:
@@ -114,6 +128,8 @@ class TrainConfig(ConfigBase):
             overrides["dropout"] = self.dropout
         if self.model_eps is not None:
             overrides["eps"] = self.model_eps
+        if self.drop_path is not None:
+            overrides["drop_path"] = self.drop_path
         return overrides
 
     @classmethod

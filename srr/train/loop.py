@@ -39,16 +39,11 @@ from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_
 from .optim import build_optimizer, build_schedule
 from .plots import plot_curves
 from .report import Reporter
+from .resume import RESUMABLE, RUN_CONTROL, check_resume, resumable_changes  # noqa: F401 (re-exported)
 from .run_dir import RunDir, default_run_name
 from .srr_terms import build_regularizer
 from .state import capture_rng, restore_rng, seed_everything
 
-# Options that may differ between a run and its resumption: they do not change the arithmetic.
-# (A different thread count may change float rounding: exact resume wants the same one.)
-RUN_CONTROL = {"out", "resume", "device", "num_workers", "compile", "threads"}
-# Options a resumed run may change, applied and recorded in config.json: more epochs (the cosine
-# schedule stretches to the new end from the step reached), another checkpoint interval.
-RESUMABLE = {"epochs", "checkpoint_every", "logger", "log_every"}
 EVAL_BATCH = 512
 
 
@@ -187,12 +182,7 @@ class _Trainer:
                 raise FileNotFoundError(f"--resume found no checkpoint at {run.latest}; the run in {run.root} "
                                         f"never finished an epoch (start it again without --resume)")
             checkpoint = load_training_checkpoint(run.latest)
-            saved = checkpoint["extra"].get("train_config", {})
-            differing = sorted(k for k, v in config.to_dict().items()
-                               if k not in RUN_CONTROL | RESUMABLE and k in saved and saved[k] != v)
-            if differing:
-                details = ", ".join(f"{k}: run has {saved[k]!r}, given {getattr(config, k)!r}" for k in differing)
-                raise ValueError(f"--resume must continue the run with its own settings; these differ: {details}")
+            check_resume(checkpoint["extra"].get("train_config", {}), config)
             return checkpoint
         if run.latest.exists():
             raise ValueError(f"run folder {run.root} already holds a run; pass --resume to continue it, "
@@ -222,7 +212,7 @@ class _Trainer:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(extra["optimizer"])
         schedule, saved = dict(extra["scheduler"]), extra.get("train_config", {})
-        changed = sorted(k for k in RESUMABLE if k in saved and saved[k] != getattr(self.config, k))
+        changed = resumable_changes(saved, self.config)
         if "epochs" in changed:
             schedule["total_steps"] = self.config.epochs * len(self.batches)
         self.scheduler.load_state_dict(schedule)
