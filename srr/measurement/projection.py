@@ -13,12 +13,13 @@ from torch import Tensor, nn
 
 from srr.layers import MSSA
 from srr.linalg import gram, logdet_identity_plus
+from srr.models.variants import variants_where
 from srr.measurement.terms import SRRTerms, sparsity_counts, terms_from_parts
 from srr.rates import coding_rate, rate_scale
 
 __all__ = ["ProjectionCapture", "projection_mssa", "projection_terms"]
 
-SUPPORTED = ("crate", "crate_c", "crate_n", "crate_t", "crate_fix", "crate_identity", "crate_alpha")
+SUPPORTED = tuple(variants_where(qkv_projection=True))  # the variants with a softmax MSSA and its qkv
 
 
 def projection_mssa(block: nn.Module, label: str) -> tuple[nn.LayerNorm, MSSA]:
@@ -28,8 +29,9 @@ def projection_mssa(block: nn.Module, label: str) -> tuple[nn.LayerNorm, MSSA]:
     if not isinstance(compression, MSSA) or not isinstance(norm, nn.LayerNorm):
         found = type(compression).__name__ if compression is not None else type(block).__name__
         raise ValueError(f"site='projection' reads the qkv projection of a CRATE block's softmax MSSA; layer "
-                         f"{label!r} has {found} (supported variants: {', '.join(SUPPORTED)}; crate_exact, "
-                         f"crate_derived, tost and non-CRATE models have no qkv projection: use site='output')")
+                         f"{label!r} has {found} (supported variants: {', '.join(SUPPORTED)}; "
+                         f"{', '.join(variants_where(qkv_projection=False))} and non-CRATE models have no qkv "
+                         f"projection: use site='output')")
     return norm, compression
 
 

@@ -12,9 +12,10 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from srr.layers import ISTA, MSSA, TSSA, ExactCompression, OvercompleteISTA
+from srr.layers import MSSA
 from srr.models.config import CRATEConfig
 from srr.models.drop_path import drop_path
+from srr.models.variants import REGISTRY
 
 
 class LayerTokens(NamedTuple):
@@ -93,59 +94,8 @@ class CRATEBlock(nn.ModuleList):
         return f"sparsification_residual={self.sparsification_residual}, drop_path={self.drop_path}"
 
 
-class _Derived(nn.Module):
-    """A layer built by ``srr.derive`` in a block (keys ``….layer.*``; its ``subspaces``/``dictionary``
-    passed through). The compression layer is derived with ``output="update"``: the block's half-step
-    adds ``Z⁺ − x``. Compiles with the rest of the model (``torch.func.grad`` traces into the graph;
-    docs/guide-derive.md, "Compiling derived layers")."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-
-    @property
-    def subspaces(self) -> Tensor:
-        return self.layer.subspaces
-
-    @property
-    def dictionary(self) -> Tensor:
-        return self.layer.dictionary
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layer(x)  # (B, N, d)
-
-
-def _compression(cfg: CRATEConfig) -> nn.Module:
-    if cfg.variant == "crate_derived":
-        from srr.derivation import derive, variants
-
-        layer = derive(variants.mssa_exact(cfg.eps), step_size=cfg.compression_step_size,
-                       dim=cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output="update")
-        return _Derived(layer)  # the update −κ∇R^c(Z) that the block adds
-    if cfg.variant == "crate_exact":
-        return ExactCompression(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, eps=cfg.eps,
-                                step_size=cfg.compression_step_size, backend=cfg.backend)
-    if cfg.variant == "tost":
-        return TSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output="tost",
-                    step_size=cfg.compression_step_size, dropout=cfg.dropout, backend=cfg.backend)
-    output = {"crate_fix": "fixed", "crate_identity": "identity", "crate_alpha": "crate"}.get(cfg.variant, cfg.variant)
-    return MSSA(cfg.dim, heads=cfg.heads, head_dim=cfg.head_dim, output=output, temperature=cfg.temperature,
-                step_size=cfg.compression_step_size, dropout=cfg.dropout, backend=cfg.backend)
-
-
-def _sparsification(cfg: CRATEConfig) -> nn.Module:
-    if cfg.variant == "crate_derived":
-        from srr.derivation import derive, variants
-
-        layer = derive(variants.ista(cfg.lam), step_size=cfg.step_size, dim=cfg.dim)
-        return _Derived(layer)
-    if cfg.variant == "crate_alpha":
-        return OvercompleteISTA(cfg.dim, expansion=cfg.expansion, steps=cfg.ista_steps,
-                                step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)
-    return ISTA(cfg.dim, step_size=cfg.step_size, lam=cfg.lam, backend=cfg.backend)
-
-
 def build_block(cfg: CRATEConfig, *, drop_path: float = 0.0) -> CRATEBlock:
-    """The layer of ``cfg.variant`` (see :data:`srr.models.config.VARIANTS`)."""
-    return CRATEBlock(_compression(cfg), _sparsification(cfg), dim=cfg.dim,
-                      sparsification_residual=cfg.variant == "crate_alpha", drop_path=drop_path)
+    """The layer of ``cfg.variant``, as its entry of :data:`srr.models.variants.REGISTRY` builds it."""
+    variant = REGISTRY[cfg.variant]
+    return CRATEBlock(variant.compression(cfg), variant.sparsification(cfg), dim=cfg.dim,
+                      sparsification_residual=variant.sparsification_residual, drop_path=drop_path)

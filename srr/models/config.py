@@ -11,20 +11,10 @@ from dataclasses import dataclass
 
 from srr._checks import check_choice, check_eps, check_int, check_lam, check_number, check_positive
 from srr._config import ConfigBase
+from srr.models.variants import REGISTRY, variants_where
 
-# Compression (MSSA) output of each variant (MATH.md §4.1 table), and the ISTA block it uses.
-VARIANTS: dict[str, str] = {
-    "crate": "public code: MSSA output through a learnable, untied Linear(K·p, d) with bias (E9)",
-    "crate_c": "Hu et al. CRATE-C, the literal derivation: + o·W (o = concat_k SSA_k, W the qkv weight)",
-    "crate_n": "Hu et al. CRATE-N, sign fixed: − o·W",
-    "crate_t": "Hu et al. CRATE-T, transposed output + o·Wᵀ (no extra parameters)",
-    "crate_fix": "Hu et al. CRATE-Fix: a fixed random output matrix",
-    "crate_identity": "Hu et al. CRATE-Identity: the identity output matrix (needs heads·head_dim = dim)",
-    "crate_exact": "ours: the exact gradient step Z − κ∇R^c(Z; U) of (E6), p×p solves, no softmax",
-    "crate_alpha": "CRATE-α: overcomplete ISTA (d×4d, two steps from 0, decoder D₁) with a residual",
-    "crate_derived": "every layer built by srr.derive from its objective (autodiff reference; compiles, fullgraph)",
-    "tost": "Wu et al. ToST: TSSA (a step on R^c_var, E13; linear in N, untied output) in place of MSSA, ISTA kept",
-}
+# Each variant's description (MATH.md §4.1 table), from the one list of variants (srr/models/variants.py).
+VARIANTS: dict[str, str] = {name: variant.description for name, variant in REGISTRY.items()}
 
 POOLS = ("cls", "mean")
 BACKENDS = ("auto", "fused", "reference")
@@ -79,9 +69,9 @@ class CRATEConfig(ConfigBase):
                              f"patch_size={self.patch_size}")
         check_choice(self.variant, "variant", sorted(VARIANTS))
         if self.compression_step_size == "auto":
-            if self.variant not in ("crate_exact", "crate_derived"):
-                raise ValueError(f"compression_step_size='auto' (1/L of E7) is for variants crate_exact and "
-                                 f"crate_derived, got variant {self.variant!r}")
+            if not REGISTRY[self.variant].gradient_step:
+                raise ValueError(f"compression_step_size='auto' (1/L of E7) is for variants "
+                                 f"{', '.join(variants_where(gradient_step=True))}, got variant {self.variant!r}")
         else:
             check_positive(self.compression_step_size, "compression_step_size")
         check_positive(self.step_size, "step_size")
@@ -96,7 +86,7 @@ class CRATEConfig(ConfigBase):
         check_choice(self.backend, "backend", BACKENDS)
         for f in ("dropout", "emb_dropout", "drop_path"):
             check_number(getattr(self, f), f, low=0.0, high=1.0, high_open=True)
-        if self.variant in ("crate_t", "crate_identity") and self.heads * self.head_dim != self.dim:
+        if REGISTRY[self.variant].needs_square and self.heads * self.head_dim != self.dim:
             raise ValueError(f"variant {self.variant!r} needs heads*head_dim == dim, got heads={self.heads}, "
                              f"head_dim={self.head_dim}, dim={self.dim}")
 
