@@ -4,7 +4,7 @@ import torch
 
 from srr.rates import coding_rate, compressed_coding_rate, compressed_coding_rate_grad
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def rel(a, b):

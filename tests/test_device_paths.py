@@ -18,7 +18,7 @@ from srr.layers import ISTA, ExactCompression
 from srr.models import VARIANTS, create_model
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                  reason="needs a CUDA device"))]
+                                                                  reason="needs CUDA"))]
 TINY = dict(image_size=8, patch_size=4, in_chans=1, num_classes=3, dim=32, depth=2, heads=4, head_dim=8)
 
 

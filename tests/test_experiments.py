@@ -205,3 +205,18 @@ def test_api_reference_documents_every_public_name():
     for name in srr.__all__:
         assert f"`srr.{name}`" in text, name
     assert "*(listed in `__all__` but missing)*" not in text
+
+
+def test_bench_ista_cache_times_inference_with_and_without_the_cache(tmp_path):
+    from experiments import bench_ista_cache
+
+    path = tmp_path / "ista.json"
+    assert bench_ista_cache.main(["--quick", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["command"].startswith("python -m experiments.bench_ista_cache")
+    for row in report["rows"]:
+        assert row["cached_ms"] > 0 and row["uncached_ms"] > 0
+        assert row["uncached_over_cached"] == pytest.approx(row["uncached_ms"] / row["cached_ms"])
+    from srr.layers import ISTA
+
+    assert ISTA.cache_inference is True  # restored

@@ -286,6 +286,25 @@ def test_ista_inference_forms_its_matrix_once_and_follows_weight_updates():
         assert torch.allclose(layer(x), torch.relu(x - 0.05), atol=1e-7)
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_ista_inference_cache_cannot_go_stale_behind_version_counters(mode):
+    """A write through ``weight.data`` (EMA, pruning) bypasses ``_version``: the next output must use it."""
+    torch.manual_seed(0)
+    layer, other = ISTA(16), ISTA(16)
+    x = torch.randn(2, 5, 16)
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with context():
+        before = layer(x)
+        layer.weight.data.copy_(other.weight.data)
+        after = layer(x)
+        expected = other(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.weight.data.mul_(0.0)  # in place, same storage, same _version
+        torch.testing.assert_close(layer(x), torch.relu(x - 0.01), rtol=0, atol=1e-7)
+
+
 def test_ista_rejects_bad_arguments():
     with pytest.raises(ValueError, match="step_size"):
         ISTA(8, step_size=0.0)

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", reason="needs triton: pip install -e '.[test]' (Linux x86_64)")
 
 SCRIPT = textwrap.dedent("""
     import json, torch

@@ -2,8 +2,9 @@
 
     ReLU(x + η (x − x Dᵀ) D − ηλ) = ReLU(x (I + M) − ηλ),   M = η (D − DᵀD)      (E10')
 
-``ISTA`` spends one token-wise matmul (Triton epilogue on CUDA; in CPU inference oneDNN's matmul with
-bias and ReLU fused, ``I + M`` formed once per weight update, not per forward). ``OvercompleteISTA`` is
+``ISTA`` spends one token-wise matmul with the identity and threshold in its epilogue (a Triton kernel with
+``backend="triton"``; in CPU inference oneDNN's matmul with bias and ReLU fused, and ``I + M`` reused while
+the weights are unchanged, checked by value). ``OvercompleteISTA`` is
 CRATE-α's (overcomplete D, k steps from 0, decoder D₁). Details: ``docs/guide-layers.md``, section
 ``srr/layers/ista.py``.
 """
@@ -66,8 +67,8 @@ class ISTA(nn.Module):
 
     ``step_size`` η and ``lam`` λ are floats, or ``nn.Parameter``s with ``learnable=True``.
     ``backend``: ``"auto"``/``"fused"`` (the torch path: one matmul with the identity and threshold in its
-    epilogue), ``"torch"`` (the same), ``"triton"`` (the fused Triton kernel, CUDA; on an H100 at B = 64 it
-    measured slower than the torch path, 1.19 vs 1.07 ms fwd+bwd, so it is not the default), or
+    epilogue), ``"torch"`` (the same), ``"triton"`` (the fused Triton kernel, CUDA; not the default, because it
+    measured no faster than the torch path: docs/guide-layers.md, section ``srr/layers/ista.py``), or
     ``"reference"`` (the derived step, :meth:`reference`).
     """
 
@@ -85,7 +86,7 @@ class ISTA(nn.Module):
         else:
             self.step_size, self.lam = step_size, lam
         self.weight = nn.Parameter(_public_init(dim, dim))  # D: (d, d)
-        self._cached = None  # (key, parameters, (I + M)ᵀ, −ηλ·1), reused while no gradient is needed
+        self._cached = None  # (copies of D, η, λ; (I + M)ᵀ; −ηλ·1): CPU inference only, see linear_form
 
     @property
     def dictionary(self) -> Tensor:
@@ -104,34 +105,43 @@ class ISTA(nn.Module):
 
     def linear_form(self) -> tuple[Tensor, Tensor]:
         """(E10') the argument of the prox as one affine map ``x (I + M) − ηλ = F.linear(x, W, b)``:
-        ``W = (I + M)ᵀ (d, d)``, ``b = −ηλ·1 (d,)``; float32 or wider. Cached between calls while no
-        gradient is needed and the parameters are unchanged (inference forms it once, not per forward)."""
-        key = self._cache_key()
-        if key is not None and self._cached is not None and self._cached[0] == key:
-            return self._cached[2], self._cached[3]
+        ``W = (I + M)ᵀ (d, d)``, ``b = −ηλ·1 (d,)``; float32 or wider.
+
+        CPU inference (no gradient needed, eager) reuses the last ``W, b`` while the parameters hold the
+        values they were formed from, compared by value (an O(d²) check against the O(d³) of ``DᵀD``): a
+        write that bypasses version counters (``weight.data.copy_(…)``, as EMA and pruning code do) cannot
+        leave it stale. ``ISTA.cache_inference = False`` turns it off (experiments/bench_ista_cache.py
+        measures what it saves)."""
+        params = self._cache_params()
+        cacheable = self._cacheable(params)
+        if cacheable and self._cached is not None:
+            sources, W, b = self._cached
+            if all(s.dtype == p.dtype and s.device == p.device and torch.equal(s, p) for s, p in zip(sources, params)):
+                return W, b
         M = self.effective_matrix()
         W = (M + torch.eye(self.dim, device=M.device, dtype=M.dtype)).mT  # (d, d), the weight of x ↦ x (I + M)
         b = -self.threshold() * M.new_ones(self.dim)  # (d,)
-        if key is not None:
+        if cacheable:
             W = W.contiguous()
-            self._cached = (key, self._cache_params(), W, b)
+            self._cached = (tuple(p.detach().clone() for p in params), W, b)
+        else:
+            self._cached = None
         return W, b
 
-    def _cache_key(self):
-        """What ``linear_form`` depends on, or None where it must be recomputed (autograd, compile, inference
-        tensors, whose version is not tracked)."""
-        params = self._cache_params()
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-            return None
-        if any(p.is_inference() for p in params):
-            return None
-        if self._cached is not None and any(a is not b for a, b in zip(self._cached[1], params)):
-            self._cached = None  # a parameter was replaced: its address may be reused, so compare objects too
-        versions = tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        return versions if self.learnable else versions + (self.step_size, self.lam)
+    cache_inference = True  # see linear_form
+
+    def _cacheable(self, params: tuple[Tensor, ...]) -> bool:
+        """CPU inference only: under autograd and compile ``W`` is recomputed (it is part of the graph); on
+        a GPU forming it is cheap and a by-value check would synchronise every forward."""
+        return (self.cache_inference and not torch.compiler.is_compiling()
+                and all(p.device.type == "cpu" for p in params)
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
 
     def _cache_params(self) -> tuple[Tensor, ...]:
-        return (self.weight,) + ((self.step_size, self.lam) if self.learnable else ())
+        """What ``W, b`` are formed from: D, and η, λ (as tensors: floats are compared by value too)."""
+        if self.learnable:
+            return self.weight, self.step_size, self.lam
+        return self.weight, torch.tensor(float(self.step_size)), torch.tensor(float(self.lam))
 
     def forward(self, x: Tensor) -> Tensor:  # (..., N, d) -> (..., N, d)
         if self.backend == "reference":
