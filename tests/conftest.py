@@ -10,6 +10,7 @@ Profiles, selected with the environment variable ``SRR_HYPOTHESIS_PROFILE``:
 """
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -38,3 +39,16 @@ settings.register_profile(
 settings.load_profile(os.environ.get("SRR_HYPOTHESIS_PROFILE", "ci"))
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_test_writes_the_users_cache(tmp_path_factory):
+    """Decoded datasets go to a folder of this test session, never ``~/.cache/srr``; ``SRR_TEST_CACHE_DIR``
+    names a folder to reuse across sessions instead (CI: decode the real CIFAR once)."""
+    previous = os.environ.get("SRR_CACHE_DIR")
+    os.environ["SRR_CACHE_DIR"] = os.environ.get("SRR_TEST_CACHE_DIR") or str(tmp_path_factory.mktemp("srr-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SRR_CACHE_DIR", None)
+    else:
+        os.environ["SRR_CACHE_DIR"] = previous

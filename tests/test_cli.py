@@ -132,6 +132,7 @@ def test_imagefolder_wiring(tmp_path):
     ("derive", ["OBJECTIVE", "--step-size"]),
     ("models", ["PATTERN"]),
     ("bench", ["--quick"]),
+    ("attention", ["RUN_OR_CHECKPOINT", "--layer", "--images"]),
 ])
 def test_help_texts(command, options):
     result = run(command, "--help")
@@ -158,9 +159,12 @@ def test_model_eps_reaches_the_model_and_is_recorded_in_the_run_config():
 
 
 def test_top_level_help_lists_every_command():
+    commands = [c.name for c in app.registered_commands]  # every command, read from the app itself
+    assert set(commands) == {"train", "eval", "measure", "derive", "models", "bench", "attention"}
     result = run("--help")
-    for command in ("train", "eval", "measure", "derive", "models", "bench"):
+    for command in commands:
         assert command in result.stdout
+        assert run(command, "--help").exit_code == 0, command
 
 
 def test_train_option_defaults_are_the_library_defaults():

@@ -3,7 +3,9 @@
 File-backed datasets are tested on tiny files this module writes in the real formats
 (CIFAR python pickles, MNIST idx, an ImageFolder of PNGs): no network is used.
 """
+import os
 import pickle
+from pathlib import Path
 import struct
 
 import numpy as np
@@ -166,9 +168,11 @@ CIFAR_TEST_FILE = {"cifar10": "cifar-10-batches-py/test_batch", "cifar100": "cif
 
 
 @pytest.mark.parametrize("name, num_train, num_test", [("cifar10", 20, 6), ("cifar100", 12, 5)])
-def test_cifar_loads_the_official_pickle_format(cifar_root, name, num_train, num_test):
-    train = load_dataset(name, data_dir=cifar_root, augment=True)
-    test = load_dataset(name, split="test", data_dir=cifar_root)
+def test_cifar_loads_the_official_pickle_format(cifar_root, name, num_train, num_test, tmp_path):
+    cache = tmp_path / "cache"
+    train = load_dataset(name, data_dir=cifar_root, augment=True, cache_dir=cache)
+    test = load_dataset(name, split="test", data_dir=cifar_root, cache_dir=cache)
+    assert sorted(p.name.split("-")[1] for p in cache.glob(f"{name}-*.pt")) == ["test", "train"]  # here, not ~
     assert (len(train), len(test)) == (num_train, num_test)
     image, label = test[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and 0 <= label < train.info.num_classes
@@ -332,3 +336,12 @@ def test_make_loader_is_reproducible_and_validates_batch_size():
         make_loader(dataset, batch_size=8, shuffle=True, seed=0, distributed=True)
     shard = make_loader(dataset, batch_size=8, shuffle=True, seed=0, distributed=True, rank=1, world_size=2)
     assert sum(len(y) for _, y in shard) == 20
+
+
+def test_no_test_writes_the_users_cache():
+    """tests/conftest.py points $SRR_CACHE_DIR at this session's folder: a test that passes no cache_dir
+    leaves nothing in ~/.cache/srr."""
+    from srr.data.cifar import resolve_cache_dir
+
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "srr"
+    assert resolve_cache_dir(None) != home

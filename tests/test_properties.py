@@ -111,15 +111,15 @@ def test_closed_form_gradient_of_the_compressed_rate_equals_autograd(data, eps):
 @core()
 @given(st.data(), epss)
 def test_a_step_of_one_over_the_bound_never_increases_the_compressed_rate(data, eps):
-    """(E7) with the descent lemma, for any U (overcomplete included) and any token set."""
+    """(E7) with the descent lemma, for any U (overcomplete included) and any token set, scales 1e-6 … 1e4.
+    No allowance beyond 1e-12 relative: at scale 1e4 the decrease (~1e-9 on R^c ~ 10) is still resolved
+    (an allowance of the literal logdet's rounding, 1e-4 of R^c there, would let any increase pass)."""
     Z, _ = data.draw(token_sets())
     U = data.draw(subspace_sets(Z.shape[-1]))
     kappa = compression_step_size(U, eps, Z.shape[-2])
     before = compressed_coding_rate(Z, U, eps)
     after = compressed_coding_rate(Z - kappa * compressed_coding_rate_grad(Z, U, eps), U, eps)
-    # At scale 1e4 the true decrease (~1e-9) is below the rounding of R^c itself (~ε·β‖A‖²): allow that.
-    rounding = literal_compressed_coding_rate(Z, U, eps)[1]
-    assert (after <= before + 1e-12 * (1 + before) + rounding).all()
+    assert (after <= before + 1e-12 * (1 + before)).all()
 
 
 @core()
