@@ -65,6 +65,8 @@ def test_eval_reports_accuracy_and_loss(trained):
     assert 0 <= report["accuracy"] <= 1 and report["loss"] > 0
     summary = json.loads(RunDir(out).summary.read_text())
     assert report["accuracy"] == pytest.approx(summary["test_accuracy"])  # same weights, same data
+    trained_on = json.loads(run("eval", out, "--json", "--split", "train").stdout)
+    assert trained_on["n"] == 64  # --train-subset 64: the images the run trained on, not the 1,437 of digits
     table = run("eval", RunDir(out).latest, "--split", "val")
     assert table.exit_code == 0 and "accuracy" in table.stdout
 

@@ -109,7 +109,8 @@ def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained:
 
 def load_split(model, train_config: dict | None, *, split: str, dataset: str | None, data_dir, download: bool):
     """The ``split`` (train, val, test) of the dataset ``model`` was trained on (or ``dataset``),
-    un-augmented, at the model's image size."""
+    un-augmented, at the model's image size. For an srr run, ``train`` is the images it trained on (its
+    training split less what it held out for val, and only its ``train_subset``)."""
     from srr.data import load_dataset
     from srr.train import TrainConfig
     from srr.train.data import load_run_data
@@ -121,14 +122,18 @@ def load_split(model, train_config: dict | None, *, split: str, dataset: str | N
         raise ValueError("the checkpoint does not say which dataset it was trained on; pass --dataset")
     data_dir = str(data_dir) if data_dir is not None else (train_config or {}).get("data_dir")
     image_size = model.config.image_size
-    if split == "val":
-        if train_config is None:
-            raise ValueError("split 'val' is carved out of the training split by srr train; this checkpoint "
-                             "has no training config, so use --split train or --split test")
+    if split == "val" and train_config is None:
+        raise ValueError("split 'val' is carved out of the training split by srr train; this checkpoint "
+                         "has no training config, so use --split train or --split test")
+    own_data = train_config is not None and name == train_config.get("dataset")
+    if split == "val" or (split == "train" and own_data):  # the run's own split: what it held out, or trained on
         config = TrainConfig.from_dict(train_config).replace(
             dataset=name, data_dir=data_dir, download=download, image_size=image_size, augment=False,
-            measure_samples=0, train_subset=None)
-        val = load_run_data(config).val
+            measure_samples=0)
+        run_data = load_run_data(config)
+        if split == "train":
+            return run_data.train  # the images it trained on (val_fraction held out, train_subset applied)
+        val = run_data.val
         if val is None:
             raise ValueError("the run had no validation split (val_fraction=0); use --split test")
         return val

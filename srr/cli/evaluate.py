@@ -21,7 +21,7 @@ def eval_command(
     pretrained: Annotated[Optional[str], typer.Option(
         help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
              "save_pretrained folder, or hf://owner/repo on the Hugging Face hub. Needs --dataset.")] = None,
-    split: Annotated[str, typer.Option(help="train, val (held out by srr train) or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train (for an srr run: the images it trained on), val (held out by srr train) or test.")] = "test",
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset. Default: the one the checkpoint was trained on.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
