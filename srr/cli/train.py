@@ -176,6 +176,15 @@ def train(
         "--compile/--no-compile",
         help="torch.compile the model.",
         rich_help_panel="Run")] = False,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp/--no-fsdp",
+        help="Shard parameters, gradients and optimiser state with FSDP2 (one layer per unit); sharded "
+             "checkpoints that resume at any number of processes.",
+        rich_help_panel="Run")] = False,
+    fsdp_mixed: Annotated[bool, typer.Option(
+        "--fsdp-mixed/--no-fsdp-mixed",
+        help="With --fsdp: bfloat16 parameters in forward and backward, float32 gradient reduction.",
+        rich_help_panel="Run")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume",
         help="Continue the run in --out from its latest checkpoint, with its saved settings.",
@@ -227,7 +236,7 @@ def train(
             srr_eps=srr_eps, srr_lam=srr_lam, measure_samples=measure_samples,
             out=None if out is None else str(out), seed=seed, device=device, amp=amp, compile=compile,
             resume=False, checkpoint_every=checkpoint_every, deterministic=deterministic, threads=threads,
-            logger=logger, log_every=log_every,
+            logger=logger, log_every=log_every, fsdp=fsdp, fsdp_mixed=fsdp_mixed,
         )
         if resume:
             if out is None:
