@@ -208,3 +208,17 @@ def test_the_saved_state_continues_as_a_plain_model(saved):
     _step(model, optimizer, 2, slice(None))
     for name, value in model.state_dict().items():
         torch.testing.assert_close(reference["next"][name], value, rtol=1e-10, atol=1e-14, msg=name)
+
+
+@pytest.mark.slow
+def test_the_memory_experiment_finds_half_the_state_per_rank_at_two_processes(tmp_path):
+    from experiments import fsdp_memory
+
+    payload = fsdp_memory.main(["--quick", "--out", str(tmp_path)])
+    one, two = payload["rows"]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    for key in ("parameters", "gradients", "adamw_state"):  # each rank holds its half (rounded up per tensor)
+        assert one[key] / 2 <= two[key] <= one[key] / 2 * 1.05, key
+    assert two["replica"] == one["replica"] == one["parameters"]  # the evaluation replica is whole everywhere
+    assert abs(two["loss"] - one["loss"]) < 1e-6
+    assert (tmp_path / "table.md").stat().st_size > 0
