@@ -165,3 +165,22 @@ def test_unsupported_fsdp_combinations_are_refused(options, fragments):
         TrainConfig(**options)
     for fragment in fragments:
         assert fragment in str(error.value)
+
+
+def test_one_process_fsdp_equals_the_unsharded_run_with_gradient_checkpointing(tmp_path):
+    """A one-rank FSDP run (a process group of one, made and removed by the run) computes what the plain run does,
+    also when its layers recompute their activations in backward (FSDP gathers them again for that)."""
+    tiny = dict(COMMON, train_subset=64, epochs=1, batch_size=16, measure_samples=0, grad_checkpointing=True)
+    sharded = train(TrainConfig(out=str(tmp_path / "fsdp"), fsdp=True, **tiny))
+    assert not dist.is_initialized()
+    assert torch.load(RunDir(tmp_path / "fsdp").latest, weights_only=True)["extra"]["sharded"]  # it did shard
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), **tiny))
+    for name, value in plain.model.state_dict().items():
+        torch.testing.assert_close(sharded.model.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    assert abs(sharded.metrics[0]["srr_reg"] - plain.metrics[0]["srr_reg"]) <= 1e-6 * plain.metrics[0]["srr_reg"]
+
+
+def test_the_cli_refuses_fsdp_mixed_without_fsdp():
+    result = CliRunner().invoke(app, ["train", "--fsdp-mixed", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert "--fsdp-mixed" in result.stderr and "needs --fsdp" in result.stderr
