@@ -184,3 +184,15 @@ def test_the_cli_refuses_fsdp_mixed_without_fsdp():
     result = CliRunner().invoke(app, ["train", "--fsdp-mixed", "--epochs", "1"])
     assert result.exit_code == 2, result.output
     assert "--fsdp-mixed" in result.stderr and "needs --fsdp" in result.stderr
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_fsdp_run_reports_its_own_test_metrics(fsdp_run, tmp_path):
+    """Nothing left to train: the test set is scored on the restored weights (gathered), not the initial ones."""
+    run = tmp_path / "run"
+    shutil.copytree(fsdp_run, run)
+    summary = json.loads(RunDir(run).summary.read_text())
+    result = train(TrainConfig(out=str(run), epochs=2, batch_size=PER_RANK, fsdp=True, resume=True, **COMMON),
+                   defaults=False)
+    assert result.global_step == summary["global_step"]
+    assert result.test_loss == pytest.approx(summary["test_loss"], rel=1e-5)

@@ -449,6 +449,8 @@ class _Trainer:
     def _finish(self) -> RunResult:
         env, config = self.env, self.config
         summary = None
+        if self.fsdp is not None:  # collective; a no-op unless nothing ran since a restore
+            self.fsdp.gather(self.global_step)
         if env.is_main:
             test = evaluate(self.eval_model, self.data.test, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
                             num_workers=config.num_workers)
