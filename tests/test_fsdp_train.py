@@ -7,6 +7,8 @@
   without FSDP; the model and optimiser are in one sharded DCP folder beside it.
 - The 2-process run resumes in one process: the restored model and optimiser state are the saved ones bit for
   bit (read back with DCP's own converter, no process group), and the run continues to the new end.
+- A one-process FSDP run that crashes after a mid-epoch checkpoint resumes to the uninterrupted weights, bit for
+  bit (dropout and augmentation on); one that had finished reports its own test metrics.
 - ``--fsdp-mixed`` without ``--fsdp``, and ``--fsdp`` with ``--compile``, are refused naming the options.
 """
 import json
@@ -196,3 +198,29 @@ def test_resuming_a_finished_fsdp_run_reports_its_own_test_metrics(fsdp_run, tmp
                    defaults=False)
     assert result.global_step == summary["global_step"]
     assert result.test_loss == pytest.approx(summary["test_loss"], rel=1e-5)
+
+
+class _Crash(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer, scalars) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_crashed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Dropout and augmentation on: the sharded state, every RNG and the data position come back exactly."""
+    config = dict(COMMON, epochs=2, batch_size=32, dropout=0.1, augment=True, measure_samples=0, checkpoint_every=3,
+                  fsdp=True)  # 4 steps per epoch: the checkpoint at step 3 is mid-epoch
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **config), defaults=False)
+    out = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        train(TrainConfig(out=str(out), **config), callbacks=[_Crash(4)], defaults=False)
+    assert not dist.is_initialized()
+    assert torch.load(RunDir(out).latest, weights_only=True)["extra"]["progress"]["global_step"] == 3
+    resumed = train(TrainConfig(out=str(out), resume=True, **config), defaults=False)
+    assert resumed.global_step == whole.global_step == 8
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
