@@ -2,8 +2,9 @@
 ``srr train --logger`` use the same hooks a user's callback does.
 
 A callback overrides the hooks it needs; they run on rank 0 only, after the step or epoch is done
-(the trainer is passed for reading: ``trainer.model``, ``trainer.optimizer``, ``trainer.run_dir``,
-``trainer.data``). :func:`default_callbacks` is what a run installs unless told otherwise: the
+(the trainer is passed for reading: ``trainer.model``, ``trainer.eval_model`` (the plain model, also under
+``--fsdp``, whose ``trainer.model`` is sharded), ``trainer.optimizer``, ``trainer.run_dir``, ``trainer.data``).
+:func:`default_callbacks` is what a run installs unless told otherwise: the
 measurement (HU24 §5, E4: μ_SRR of every layer on a fixed probe set, its keys in each epoch row, and
 ``srr_layers.png``) and the logger of ``config.logger``, which writes per-step scalars every ``every``
 steps (loss, cross-entropy, SRR regulariser, learning rate, gradient norm, throughput) and the epoch rows.
@@ -61,7 +62,7 @@ class SRRMeasurement(Callback):
     def on_epoch_metrics(self, trainer, row: dict) -> None:
         from .srr_terms import measure_layers
 
-        per_layer = measure_layers(trainer.model, trainer.data.probe, eps=self.eps, lam=self.lam,
+        per_layer = measure_layers(trainer.eval_model, trainer.data.probe, eps=self.eps, lam=self.lam,
                                    device=trainer.env.device)
         row["srr_per_layer"] = per_layer
         row["srr_mean"] = sum(per_layer) / len(per_layer)

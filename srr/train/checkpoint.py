@@ -8,7 +8,10 @@ training state under ``extra``:
   accuracy and its epoch, the world size, and the running sums of the epoch in progress;
 - ``optimizer`` / ``scheduler``: their ``state_dict()``;
 - ``rng``: one :func:`srr.train.state.capture_rng` per rank;
-- ``train_config``: the run's ``TrainConfig`` as a dict.
+- ``train_config``: the run's ``TrainConfig`` as a dict;
+- ``sharded`` (``--fsdp`` runs only): the folder under ``checkpoints/sharded`` holding the model and
+  optimiser shards (srr/train/sharded_checkpoint.py); ``optimizer`` is then None and ``state_dict`` the
+  gathered model, for readers without FSDP.
 """
 from __future__ import annotations
 
@@ -26,15 +29,17 @@ from srr.models.checkpoints import CheckpointError, umask_mode
 
 def save_training_checkpoint(
     path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
-    rng: list[dict], train_config: dict,
+    rng: list[dict], train_config: dict, sharded: str | None = None,
 ) -> Path:
     extra = {
         "progress": dict(progress),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer.state_dict() if sharded is None else None,  # FSDP: in the sharded folder
         "scheduler": scheduler.state_dict(),
         "rng": rng,
         "train_config": dict(train_config),
     }
+    if sharded is not None:
+        extra["sharded"] = sharded
     return save_checkpoint(model, path, extra=extra)
 
 

@@ -75,6 +75,8 @@ class TrainConfig(ConfigBase):
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     amp: bool = False  # bfloat16 autocast
     compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # shard parameters, gradients, optimiser state (FSDP2, a layer per unit); sharded checkpoints
+    fsdp_mixed: bool = False  # with --fsdp: bfloat16 parameters in forward/backward, float32 gradient reduction
     resume: bool = False  # continue the run in --out from its latest checkpoint, with its saved settings
     checkpoint_every: int = 0  # also checkpoint every k optimiser steps; 0: end of each epoch only
     deterministic: bool = True  # torch.use_deterministic_algorithms (exact resume)
@@ -117,6 +119,11 @@ class TrainConfig(ConfigBase):
             check_number(self.layer_decay, "layer_decay", low=0, high=1, low_open=True)
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
         parse_layers(self.srr_layers)
+        if self.fsdp_mixed and not self.fsdp:
+            raise ValueError("--fsdp-mixed sets the precision of --fsdp's sharded parameters; it needs --fsdp")
+        if self.fsdp and self.compile:
+            raise ValueError("--fsdp with --compile is not supported: torch.compile of an FSDP2 model wants each "
+                             "layer compiled before it is sharded, which srr does not do; drop --compile or --fsdp")
         for name in ("model", "dataset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")

@@ -61,10 +61,20 @@ def resolve_device(name: str, *, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Join the ``torchrun`` process group if launched by it; return this process's place."""
+def setup(device: str = "auto", *, group_of_one: bool = False) -> DistEnv:
+    """Join the ``torchrun`` process group if launched by it; return this process's place.
+
+    ``group_of_one``: a single process still gets a process group (of one rank, destroyed by
+    :func:`teardown`), for code that needs one whatever the world size (``--fsdp``)."""
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-        return DistEnv(device=resolve_device(device))
+        dev = resolve_device(device)
+        if not group_of_one or dist.is_initialized():
+            return DistEnv(device=dev)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        return DistEnv(device=dev, initialized_here=True)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     dev = resolve_device(device, local_rank=local_rank)

@@ -4,7 +4,9 @@ Loss per step (HU24 §6, MATH.md §6): label-smoothed cross-entropy plus, when `
 ``η_reg · mean_{ℓ∈S} μ_SRR`` of the chosen layers on the (global) batch. AdamW/Adam/SGD with
 linear warm-up and cosine decay, gradient clipping, optional bfloat16 autocast and
 ``torch.compile``. Under ``torchrun``: DistributedDataParallel, each rank a strided share of one
-shared permutation per epoch, rank-0-only output, checkpoints and evaluation.
+shared permutation per epoch, rank-0-only output, checkpoints and evaluation. ``--fsdp``: FSDP2 instead of
+DDP (srr/train/fsdp.py), sharded checkpoints through ``torch.distributed.checkpoint``
+(srr/train/sharded_checkpoint.py), evaluation and measurement on the gathered replica.
 
 Runs lose nothing: the run folder (srr/train/run_dir.py) gets ``config.json`` at the start, one
 ``metrics.jsonl`` row and an atomic ``checkpoints/latest.pt`` per epoch (and every
@@ -35,12 +37,14 @@ from .config import TrainConfig
 from .data import RunData, TrainBatches, load_run_data
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast, evaluate
+from .fsdp import ShardedModel
 from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_signals
 from .optim import build_optimizer, build_schedule
 from .plots import plot_curves
 from .report import Reporter
 from .resume import RESUMABLE, RUN_CONTROL, check_resume, resumable_changes  # noqa: F401 (re-exported)
 from .run_dir import RunDir, default_run_name
+from .sharded_checkpoint import load_sharded, prune_sharded, save_sharded
 from .srr_terms import build_regularizer
 from .state import capture_rng, restore_rng, seed_everything
 
@@ -107,7 +111,7 @@ def train(config: TrainConfig, *, console: Console | None = None, callbacks: Seq
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    env = D.setup(config.device)
+    env = D.setup(config.device, group_of_one=config.fsdp)
     try:
         with deterministic_algorithms(config.deterministic), cpu_threads(config.threads):
             trainer = _Trainer(config, env, console, callbacks, defaults=defaults)
@@ -138,6 +142,9 @@ class _Trainer:
         ).to(env.device)
         if config.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        self.fsdp: ShardedModel | None = None  # --fsdp: self.model is sharded in place, before the optimiser sees it
+        if config.fsdp:
+            self.fsdp = ShardedModel(self.model, env, mixed=config.fsdp_mixed)
         self.batches = TrainBatches(
             self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
             world_size=env.world_size, num_workers=config.num_workers, pin_memory=env.device.type == "cuda",
@@ -145,8 +152,10 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_schedule(self.optimizer, config, steps_per_epoch=len(self.batches))
         self.regularizer = build_regularizer(self.model, config)
+        if self.fsdp is not None:
+            self.fsdp.keep_gathered(self.regularizer)
         self.forward_model: nn.Module = self.model
-        if env.distributed:
+        if env.distributed and self.fsdp is None:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [env.device] if env.device.type == "cuda" else None
@@ -207,10 +216,23 @@ class _Trainer:
             "versions": {"srr": srr_version, "torch": torch.__version__, "python": platform.python_version()},
         }
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The plain model (no DDP / FSDP / compile) that evaluation, measurement and checkpoints read; under
+        ``--fsdp`` the replica gathered at the last evaluation or checkpoint."""
+        return self.model if self.fsdp is None else self.fsdp.replica
+
     def _restore(self, checkpoint: dict) -> None:
         extra = checkpoint["extra"]
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.optimizer.load_state_dict(extra["optimizer"])
+        if self.fsdp is not None:  # model and optimiser from the sharded folder, at any world size
+            if not extra.get("sharded"):
+                raise ValueError(f"--fsdp cannot resume {self.run_dir.latest}: it was written by a run without "
+                                 f"--fsdp; resume it without --fsdp")
+            load_sharded(self.model, self.optimizer, self.run_dir.checkpoints, extra["sharded"])
+            self.fsdp.forget_gathered()
+        else:
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.optimizer.load_state_dict(extra["optimizer"])
         schedule, saved = dict(extra["scheduler"]), extra.get("train_config", {})
         changed = resumable_changes(saved, self.config)
         if "epochs" in changed:
@@ -238,6 +260,11 @@ class _Trainer:
     def _save(self, *, best: bool = False) -> None:
         """Write ``latest.pt`` (and ``best.pt``): collective under DDP (it gathers every rank's RNG)."""
         rng = D.gather_objects(self.env, capture_rng())
+        sharded = None
+        if self.fsdp is not None:  # collective: every rank writes its shards, then the replica is gathered
+            sharded = save_sharded(self.model, self.optimizer, self.run_dir.checkpoints, step=self.global_step,
+                                   env=self.env)
+            self.fsdp.gather(self.global_step)
         if self.env.is_main:
             progress = {
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step,
@@ -245,9 +272,11 @@ class _Trainer:
                 "world_size": self.env.world_size, "epoch_sums": self.sums.as_dict(),
             }
             save_training_checkpoint(
-                self.run_dir.latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                progress=progress, rng=rng, train_config=self.config.to_dict(),
+                self.run_dir.latest, model=self.eval_model, optimizer=self.optimizer, scheduler=self.scheduler,
+                progress=progress, rng=rng, train_config=self.config.to_dict(), sharded=sharded,
             )
+            if sharded is not None:
+                prune_sharded(self.run_dir.checkpoints, keep=sharded)
             if best:
                 copy_atomic(self.run_dir.latest, self.run_dir.best)
         D.barrier(self.env)
@@ -366,9 +395,11 @@ class _Trainer:
             "srr_reg": reg_sum / max(steps, 1) if self.regularizer is not None else None,
         }
         improved = False
+        if self.fsdp is not None:  # collective: the replica that rank 0 evaluates and measures
+            self.fsdp.gather(self.global_step)
         if env.is_main:
             if self.data.val is not None:
-                val = evaluate(self.model, self.data.val, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
+                val = evaluate(self.eval_model, self.data.val, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
                                num_workers=config.num_workers)
                 row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
                 improved = self.best_val is None or val["accuracy"] > self.best_val
@@ -408,14 +439,16 @@ class _Trainer:
     def _finish(self) -> RunResult:
         env, config = self.env, self.config
         summary = None
+        if self.fsdp is not None:  # collective; a no-op unless nothing ran since a restore
+            self.fsdp.gather(self.global_step)
         if env.is_main:
-            test = evaluate(self.model, self.data.test, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
+            test = evaluate(self.eval_model, self.data.test, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
                             num_workers=config.num_workers)
             rows = self.rows
             total_time = sum(r.get("epoch_time_s", 0.0) for r in rows)
             mean = lambda key: sum(r[key] for r in rows) / len(rows) if rows else float("nan")  # noqa: E731
             result = RunResult(
-                run_dir=self.run_dir.root, config=config, model=self.model, epochs=self.epoch,
+                run_dir=self.run_dir.root, config=config, model=self.eval_model, epochs=self.epoch,
                 global_step=self.global_step, test_loss=test["loss"], test_accuracy=test["accuracy"],
                 best_val_accuracy=self.best_val, best_epoch=self.best_epoch,
                 srr_per_layer=list(rows[-1].get("srr_per_layer", [])) if rows else [],
@@ -433,5 +466,5 @@ class _Trainer:
         if env.is_main:
             return result
         keep = {f.name for f in fields(RunResult)} - {"run_dir", "config", "model", "metrics", "plots"}
-        return RunResult(run_dir=self.run_dir.root, config=config, model=self.model,
+        return RunResult(run_dir=self.run_dir.root, config=config, model=self.eval_model,
                          **{k: v for k, v in summary.items() if k in keep})

@@ -9,6 +9,7 @@ Layout::
         summary.json           final test metrics, written when the run ends
         checkpoints/latest.pt  model, optimiser, scheduler, RNG and data-order state (atomic)
         checkpoints/best.pt    the same, at the epoch of best validation accuracy
+        checkpoints/sharded/   --fsdp runs: model and optimiser shards (srr/train/sharded_checkpoint.py)
         plots/curves.png       loss and accuracy per epoch
         plots/srr_layers.png   μ_SRR per layer, per epoch
 """
