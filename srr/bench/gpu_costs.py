@@ -57,7 +57,10 @@ def float64_share(step, device: torch.device) -> dict:
     total = f64 = 0.0
     typed = True
     for event in prof.events():
-        t = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e3
+        if event.device_type != torch.autograd.DeviceType.CPU:  # a kernel's own row: counted with its op
+            continue
+        t = (getattr(event, "self_device_time_total", None) if cuda else event.self_cpu_time_total)
+        t = (event.self_cuda_time_total if t is None else t) / 1e3  # torch < 2.4 names device time "cuda"
         if t <= 0:
             continue
         dtypes = getattr(event, "input_dtypes", None)
