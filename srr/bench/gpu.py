@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 from srr.bench import gpu_costs, gpu_models
-from srr.bench.gpu_common import Budget, Deadline, SectionTimeout, Tee, datasheet_peak, deadline, device_slug, log
+from srr.bench.gpu_common import (Budget, Deadline, SectionTimeout, Tee, datasheet_peak, deadline, device_slug, log,
+                                  machine)
 
 # shares of --budget-s (pytest's timeout is its allowance); the models section compiles four models
 SHARES = {"tests": 0.17, "models": 0.33, "triton": 0.06, "regularizer": 0.17, "tokens": 0.17, "data": 0.10}
@@ -45,6 +46,7 @@ TINY_SHARES = {"tests": 0.22, "models": 0.45, "triton": 0.03, "regularizer": 0.2
 CUDA_TEST_PATHS = ("tests",)
 TINY_TEST_PATHS = ("tests/test_cuda.py", "tests/test_device_paths.py")  # collection of tests/ alone: ~30 s here
 DEFAULT_OUT = Path("experiments/results/bench")
+TINY_OUT = DEFAULT_OUT / "quick"  # toy numbers, git-ignored (experiments/results/*/quick/)
 
 # the goals of issue 24, on the device: (what, key in the summary, op, bound)
 GOALS = (("CRATE-B compiled training vs timm ViT-S/16 (equal parameters)", "crate_vs_vit_s_compiled_train", ">=", 1.0),
@@ -67,7 +69,8 @@ def section_tests(ctx: Context) -> None:
     """``pytest -m cuda`` in a subprocess, killed at the section's allowance; counts from its summary line."""
     rec = ctx.record
     paths = TINY_TEST_PATHS if ctx.tiny else CUDA_TEST_PATHS
-    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "-p", "no:cacheprovider", *paths]
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors", *paths]
     timeout = max(ctx.deadline.left() - 2, 5)
     rec.update(command=" ".join(command[1:]), timeout_s=round(timeout))
     if ctx.device.type != "cuda":
@@ -210,7 +213,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-s", type=float, default=None, help="seconds for all sections (default 480; --tiny 110)")
     ap.add_argument("--tiny", action="store_true", help="toy shapes: the dry run of every section")
     ap.add_argument("--only", default=None, help=f"comma-separated sections among {', '.join(SECTIONS)}")
-    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help=f"where the JSON and log go ({DEFAULT_OUT})")
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help=f"where the JSON and log go (default {DEFAULT_OUT}; --tiny: {TINY_OUT})")
     args = ap.parse_args(argv)
     chosen = list(SECTIONS) if args.only is None else [s.strip() for s in args.only.split(",") if s.strip()]
     if not chosen or any(s not in SECTIONS for s in chosen):
@@ -229,13 +233,12 @@ def main(argv=None) -> dict:
 
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     slug = device_slug(gpu_name or "cpu") + ("-tiny" if args.tiny else "")
+    args.out_dir = args.out_dir or (TINY_OUT if args.tiny else DEFAULT_OUT)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, log_path = args.out_dir / f"gpu_{slug}.json", args.out_dir / f"gpu_{slug}.log"
-    from srr.cli.bench import machine
-
     command = "python -m srr.bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:])
     peak, peak_note = datasheet_peak(gpu_name)
-    result = {"command": command, "machine": machine(str(device)), "device_name": gpu_name or "cpu",
+    result = {"command": command, "machine": machine(device), "device_name": gpu_name or "cpu",
               "tiny": args.tiny, "budget_s": budget_s, "peak": peak_note, "datasheet_peak_flops": peak,
               "git_commit": _git_commit(), "sections": {}}
     shares = {k: v for k, v in (TINY_SHARES if args.tiny else SHARES).items() if k in chosen}

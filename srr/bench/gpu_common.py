@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import re
 import signal
 import sys
@@ -45,6 +47,25 @@ def datasheet_peak(device_name: str | None) -> tuple[float | None, str]:
         if re.search(pattern, name):
             return tflops * 1e12, f"{label}: dense bf16 {tflops:g} TFLOP/s (vendor datasheet)"
     return None, f"no datasheet peak known for {device_name!r} (srr.bench.gpu_common.DATASHEET_BF16_TFLOPS; MFU null)"
+
+
+def machine(device: torch.device) -> dict:
+    """What the numbers were measured on: CPU, cores, threads, torch (and CUDA, Triton), the GPU."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "device": str(device)}
+    with contextlib.suppress(ImportError):
+        import triton
+
+        info["triton"] = triton.__version__
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
+                    gpu_memory_gib=props.total_memory / 2**30, multiprocessors=props.multi_processor_count)
+    return info
 
 
 def device_slug(name: str) -> str:

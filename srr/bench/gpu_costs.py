@@ -282,20 +282,24 @@ def section_tokens(ctx) -> None:
                 try:
                     row.update(_point(layer, N, mode, dim, device, cuda, 2 if tiny else 3))
                     last[key] = row["seconds"]
-                except Exception as error:
-                    if not is_oom(error):
-                        raise
-                    row["oom"] = True
-                    dead[key] = f"out of memory at N={N}"
+                except Exception as error:  # recorded; that layer's larger N are not tried
+                    if is_oom(error):
+                        row["oom"] = True
+                        dead[key] = f"out of memory at N={N}"
+                    else:
+                        row["error"] = f"{type(error).__name__}: {error}"[:300]
+                        dead[key] = f"error at N={N}"
                     if cuda:
                         torch.cuda.empty_cache()
                 rec["rows"].append(row)
-        log(f"  N={N}: " + ", ".join(f"{r['layer']}/{r['pass']} " + ("OOM" if r.get("oom") else
-                                                                      f"{1e3 * r['seconds']:.2f} ms")
-                                     for r in rec["rows"] if r["tokens"] == N))
+        log(f"  N={N}: " + ", ".join(f"{r['layer']}/{r['pass']} " + _shown(r) for r in rec["rows"] if r["tokens"] == N))
     rec["stopped"] = {f"{k[0]}/{k[1]}": v for k, v in dead.items()} or None
     rec["tssa_faster_than_sdpa_from"] = {mode: _crossover(rec["rows"], mode) for mode in bench_tssa.PASSES}
     log(f"  TSSA faster than SDPA from N = {rec['tssa_faster_than_sdpa_from']}")
+
+
+def _shown(row: dict) -> str:
+    return "OOM" if row.get("oom") else "error" if "error" in row else f"{1e3 * row['seconds']:.2f} ms"
 
 
 def _crossover(rows: list[dict], mode: str) -> int | None:

@@ -209,10 +209,10 @@ def section_triton(ctx) -> None:
                 out.update({f"{k}_train_ms": 1e3 * v for k, v in t.items()})
                 t = bench_layers._interleaved({k: bench_layers._infer(m, x) for k, m in layers.items()}, repeats, sync_)
                 out.update({f"{k}_infer_ms": 1e3 * v for k, v in t.items()})
-        except Exception as error:
-            if not is_oom(error):
-                raise
-            out["error"] = f"out of memory: {error}"[:300]
+        except Exception as error:  # recorded, and the next shape tried: a failure is a result here
+            out["error"] = ("out of memory: " if is_oom(error) else f"{type(error).__name__}: ") + str(error)[:300]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         log(f"  {name} (d {d}): " + ", ".join(f"{k} {v:.3g}" for k, v in out.items() if k.endswith("_ms")))
     timed = [s for s in rec["shapes"].values() if "triton_train_ms" in s]
     if cuda and timed and len(timed) == len(shapes):
