@@ -292,7 +292,9 @@ def section_tokens(ctx) -> None:
                     if cuda:
                         torch.cuda.empty_cache()
                 rec["rows"].append(row)
-        log(f"  N={N}: " + ", ".join(f"{r['layer']}/{r['pass']} " + _shown(r) for r in rec["rows"] if r["tokens"] == N))
+        shown = [f"{r['layer']}/{r['pass']} " + _shown(r) for r in rec["rows"] if r["tokens"] == N]
+        if shown:
+            log(f"  N={N}: " + ", ".join(shown))
     rec["stopped"] = {f"{k[0]}/{k[1]}": v for k, v in dead.items()} or None
     rec["tssa_faster_than_sdpa_from"] = {mode: _crossover(rec["rows"], mode) for mode in bench_tssa.PASSES}
     log(f"  TSSA faster than SDPA from N = {rec['tssa_faster_than_sdpa_from']}")
