@@ -4,6 +4,7 @@ import torch
 
 from srr.rates import coding_rate, compressed_coding_rate, compressed_coding_rate_grad
 
+pytestmark = pytest.mark.cuda
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

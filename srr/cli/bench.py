@@ -54,6 +54,7 @@ class Bench:
     module: str | None  # under srr/bench; None: built in
     argv: Callable[[bool, str], list[str]]
     headlines: Callable[[object], list[Headline]]
+    default: bool = True  # False: run only when --only names it
 
 
 def _get(result, path: str):
@@ -151,6 +152,20 @@ def _profile(result) -> list[Headline]:
                    d("crate_nonmatmul_ms") / d("crate_nonmatmul_for_1_1x_vit"))]
 
 
+def _gpu(result) -> list[Headline]:
+    """Issue 24's goals from ``srr.bench.gpu``'s summary (its JSON and log are under experiments/results/bench)."""
+    rows = []
+    for g in _get(result, "summary.goals") or []:
+        goal = g["goal"]
+        op = ">=" if ">=" in goal else "<="
+        text, bound = goal.rsplit(op, 1)
+        unit = "" if "from N" in text else "×"
+        rows.append(_check(text.strip(), g["value"], op, float(bound), unit=unit, issue="24"))
+    default = _get(result, "summary.values.triton_cuda_default")
+    rows.append(Headline(f"Triton ISTA: the CUDA default should be {default or 'not measured'}", None, ""))
+    return rows
+
+
 def _train(result) -> list[Headline]:
     return [_check("default srr train: loader vs model images/s", _get(result, "ratio"), ">=", 1.0)]
 
@@ -169,6 +184,7 @@ BENCHES = [
     Bench("profile", "profile_train",
           lambda quick, dev: ["--device", dev] + (["--batch", "16", "--rounds", "1"] if quick else []), _profile),
     Bench("train", None, lambda quick, dev: [], _train),
+    Bench("gpu", "gpu", lambda quick, dev: ["--device", dev] + (["--tiny"] if quick else []), _gpu, default=False),
 ]
 
 
@@ -222,7 +238,8 @@ def bench_command(
         "--quick",
         help="Small shapes and few repeats (a smoke run, ratios are noisy).")] = False,
     only: Annotated[Optional[str], typer.Option(
-        help="Comma-separated benchmarks to run: rates, layers, models, regularizer, compile, profile, train.")] = None,
+        help="Comma-separated benchmarks to run: rates, layers, models, regularizer, compile, profile, train; "
+             "gpu (issue 24's prepared GPU run, only when named).")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(
         help="torch CPU threads (default: torch's own choice).", min=1)] = None,
@@ -235,7 +252,8 @@ def bench_command(
 
     names = [b.name for b in BENCHES]
     with user_errors(USAGE):
-        chosen = names if only is None else [n.strip() for n in only.split(",") if n.strip()]
+        chosen = ([b.name for b in BENCHES if b.default] if only is None
+                  else [n.strip() for n in only.split(",") if n.strip()])
         unknown = [n for n in chosen if n not in names]
         if unknown or not chosen:
             raise ValueError(f"--only must name benchmarks among {', '.join(names)}, got {only!r}")
