@@ -131,3 +131,20 @@ def test_click_exception_classes_are_found_whichever_click_typer_runs_on():
     assert typer.Abort in exceptions.Abort
     for name in ("UsageError", "ClickException"):
         assert getattr(exceptions, name), name
+
+
+def test_weights_and_data_options_are_declared_once_for_eval_measure_and_attention():
+    import typing
+
+    from srr.cli import options
+    from srr.cli.attention import attention_command
+    from srr.cli.evaluate import eval_command
+    from srr.cli.measure import measure_command
+
+    for command in (eval_command, measure_command, attention_command):
+        hints = typing.get_type_hints(command, include_extras=True)
+        for name, declared in (("model_name", options.ModelName), ("pretrained", options.Pretrained),
+                               ("dataset", options.Dataset), ("data_dir", options.DataDir),
+                               ("download", options.Download), ("device", options.Device)):
+            assert hints[name] == declared, (command.__name__, name)
+    assert typing.get_type_hints(eval_command, include_extras=True)["checkpoint"] == options.Checkpoint

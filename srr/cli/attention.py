@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import DataDir, Dataset, Device, Download, ModelName, Pretrained, SPLIT_HELP
 from .errors import USAGE, fail, stdout, user_errors
 
 
@@ -16,17 +17,13 @@ def attention_command(
                                             "--pretrained.")] = None,
     images: Annotated[int, typer.Option(help="How many images (the first ones of the split), one row each.")] = 4,
     layer: Annotated[int, typer.Option(help="Layer, 0-based; -1: the last.")] = -1,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    model_name: Annotated[Optional[str], typer.Option(
-        "--model", help="Architecture of --pretrained weights without a config (a public CRATE .pth).")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(
-        help="Weights that are not an srr run (public CRATE .pth with --model, .safetensors, a "
-             "save_pretrained folder, hf://owner/repo). Needs --dataset.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if missing.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    split: Annotated[str, typer.Option(help=f"{SPLIT_HELP}.")] = "test",
+    model_name: ModelName = None,
+    pretrained: Pretrained = None,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(
         help="PNG to write. Default: <run>/plots/attention_layer<L>.png, else beside the checkpoint.")] = None,
 ) -> None:
