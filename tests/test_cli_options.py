@@ -148,3 +148,29 @@ def test_weights_and_data_options_are_declared_once_for_eval_measure_and_attenti
                                ("download", options.Download), ("device", options.Device)):
             assert hints[name] == declared, (command.__name__, name)
     assert typing.get_type_hints(eval_command, include_extras=True)["checkpoint"] == options.Checkpoint
+
+
+def test_bench_table_keeps_brackets_and_names_targets(monkeypatch):
+    from srr.cli import bench
+
+    fake = bench.Bench("rates", None, lambda quick, dev: [], lambda result: [
+        bench.Headline("needs pip install 'srr[bench]'", 1.5, "×", ">= 1 (SRR term cost)", True)])
+    monkeypatch.setattr(bench, "BENCHES", [fake])
+    monkeypatch.setattr(bench, "_run", lambda b, **kw: {})
+    text = " ".join(runner.invoke(app, ["bench", "--device", "cpu"], env={"COLUMNS": "200"}).stdout.split())
+    assert "pip install 'srr[bench]'" in text and "(SRR term cost)" in text
+
+
+def test_bench_hides_what_native_code_writes_to_stderr(capfd):
+    import os
+
+    from srr.cli.bench import _silenced
+
+    with _silenced():
+        os.write(2, b"USDT probe: profiler_start\n")
+        os.write(1, b"native stdout\n")
+        print("python stdout")
+    out, err = capfd.readouterr()
+    assert "USDT" not in err and "native stdout" not in out and "python stdout" not in out
+    os.write(2, b"after\n")
+    assert "after" in capfd.readouterr().err  # restored
