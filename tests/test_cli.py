@@ -303,7 +303,13 @@ def test_resume_without_a_run_folder(tmp_path):
 
 def test_missing_dataset_files_name_the_path_and_suggest_download(tmp_path):
     result = run("train", "--dataset", "cifar10", "--data-dir", tmp_path, "--epochs", "1")
-    assert_one_line_error(result, 1, str(tmp_path), "--download")
+    assert_one_line_error(result, 1, str(tmp_path), "--download", "train/<class>/", "cifar-10-batches-py")
+
+
+def test_a_digits_checkpoint_on_cifar_names_both_shapes(trained, tmp_path):
+    out, _ = trained
+    result = run("eval", out, "--dataset", "cifar10", "--data-dir", tmp_path)
+    assert_one_line_error(result, 1, "trained on digits (1×8×8), the data is cifar10 (3×32×32)")
 
 
 def test_unreadable_and_missing_checkpoints(tmp_path):

@@ -167,7 +167,10 @@ def _source(name: str, root: Path, split: str, download: bool, is_train: bool):
         getattr(torchvision.datasets, fmt.torchvision_class)(root, train=is_train, download=True)
         folder = root / fmt.folder
     elif missing:
-        raise not_found(name, folder, ", ".join(missing) if folder.is_dir() else "")
+        error = not_found(name, folder, ", ".join(missing) if folder.is_dir() else "")
+        raise type(error)(f"{error}; --data-dir may hold either layout: class folders {root}/train/<class>/ and "
+                          f"{root}/test/<class>/ (JPEG/PNG), or the python batches {root}/{fmt.folder}/ "
+                          f"({fmt.meta_file}, {', '.join((*fmt.train_files[:1], *fmt.test_files))}, ...)")
     source = _PickleSource(folder, fmt, split)
     return source, source.classes()
 
