@@ -454,3 +454,27 @@ def test_projection_site_under_bf16_autocast_is_close_to_float32(detach):
         model.zero_grad()
         values.append(reg.parts["transformer.layers.3"].srr)
     torch.testing.assert_close(values[1], values[0], rtol=1e-3, atol=0)
+
+
+def test_a_layer_with_fewer_than_two_tokens_warns_once():
+    """ResNet-18's layer4 at 32 px is a 1×1 map: one token per image, a degenerate SRR term
+    (docs/guide-regularize.md); the regulariser says so, once."""
+    import warnings
+
+    model = torchvision.models.resnet18(num_classes=10)
+    reg = SRRRegularizer(model, layers=["layer4"], weight=1e-3, subspaces=Learned(heads=4))
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="layer4.*1 tokens per sample.*degenerate"):
+        model(x)
+        reg()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+        reg()  # said once
+    reg.close()
+    ok = SRRRegularizer(model, layers=["layer2"], weight=1e-3, subspaces=Learned(heads=4))  # 4×4 map: 16 tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+        ok()
+    ok.close()

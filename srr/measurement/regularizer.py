@@ -12,6 +12,7 @@ scopes and the gradient convention under ``torch.distributed``: ``docs/guide-mea
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -110,6 +111,7 @@ class SRRRegularizer(nn.Module):
         self._modules_hooked = [modules[s.module] for s in self.sites]
         self.policy: SubspacePolicy = make_policy(subspaces, model)
         self.parts: dict[str, SRRTerms] = {}
+        self._warned: set[str] = set()
         self._captured: dict[str, Tensor] = {}
         self._pending: dict[str, tuple[Tensor, Tensor]] = {}
         self._handles = []
@@ -180,6 +182,7 @@ class SRRRegularizer(nn.Module):
         self.parts = {}
         total = 0.0
         for i, (label, Z) in enumerate(zip(self.labels, tokens)):
+            self._warn_if_degenerate(label, Z)
             U = check_policy_subspaces(self.policy.subspaces(i), Z.shape[-1], label)
             if self.scope == "sample":
                 terms = mean_terms(sample_terms(Z, U, eps=self.eps, lam=self.lam), self.group)
@@ -188,6 +191,16 @@ class SRRRegularizer(nn.Module):
             self.parts[label] = SRRTerms(*(t.detach() for t in terms))
             total = total + terms.srr
         return self.weight * total / len(self.labels)
+
+    def _warn_if_degenerate(self, label: str, Z: Tensor) -> None:
+        """A token set of fewer than 2 tokens (a ResNet's 1×1 last map at 32 px; a batch of 1) has R and R^c
+        of one vector: the term cannot spread or compress anything. Said once per layer."""
+        if Z.shape[-2] < 2 and label not in self._warned:
+            self._warned.add(label)
+            what = "tokens per sample" if self.scope == "sample" else "samples in the batch"
+            warnings.warn(f"SRR regulariser: layer {label!r} gives {Z.shape[-2]} {what} (shape {tuple(Z.shape)}); "
+                          f"μ_SRR of fewer than 2 tokens is degenerate: choose an earlier layer with a larger "
+                          f"feature map (e.g. a ResNet's layer2 or layer3 at 32 px)", stacklevel=3)
 
     def _projection_value(self) -> Tensor:
         """``site="projection"``: μ_SRR (E4) of X = LN₁(Z^ℓ), the parts from the model's ``A = X U^ℓ``."""
