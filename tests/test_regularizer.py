@@ -478,3 +478,20 @@ def test_a_layer_with_fewer_than_two_tokens_warns_once():
         model(x)
         ok()
     ok.close()
+
+
+def test_each_site_is_one_strategy_behind_the_same_constructor():
+    """``SRRRegularizer(site=...)`` stays the public factory; each site's hooks and value live in one object."""
+    from srr.measurement.regularizer import _OutputSite, _ProjectionSite
+
+    model = create_model("crate_nano")
+    out, proj = SRRRegularizer(model), SRRRegularizer(model, site="projection")
+    assert type(out._site) is _OutputSite and type(proj._site) is _ProjectionSite
+    with pytest.raises(RuntimeError, match="no tokens captured"):
+        out()
+    with pytest.raises(RuntimeError, match="no projection captured"):
+        proj()
+    model(torch.randn(2, 1, 8, 8))
+    assert torch.isfinite(out()) and torch.isfinite(proj()) and set(out.parts) == set(proj.parts)
+    out.close(), proj.close()
+    assert not out.active and not proj.active
