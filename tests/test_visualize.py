@@ -30,7 +30,7 @@ def images(n=3):
 @pytest.mark.parametrize("layer", [0, 2])
 def test_maps_equal_softmax_of_the_scaled_gram_recomputed_from_the_weights(variant, layer):
     model, x = small(variant), images()
-    _, tokens = model.forward_intermediates(x)
+    _, tokens = model.forward_layer_tokens(x)
     block = model.blocks()[layer]
     norm, W = block[0].norm, block.compression.qkv.weight  # W: (K·p, d)
     z = F.layer_norm(tokens[layer].input, (32,), norm.weight, norm.bias, norm.eps)  # LN₁(Z^ℓ), (B, N, d)
