@@ -96,7 +96,7 @@ def layer_stats(net, images: Tensor, *, batch_size: int = 256) -> list[dict]:
     eps = eps_values(p, net.config.num_patches + 1)
     sums: dict[int, dict[str, float]] = {}
     for xb in images.split(batch_size):
-        _, layers = net.forward_intermediates(xb)
+        _, layers = net.forward_layer_tokens(xb)
         for ell, (t, block) in enumerate(zip(layers, net.blocks())):
             U = block.subspaces.detach()
             out, row = t.output.double(), sums.setdefault(ell, {})

@@ -69,9 +69,11 @@ def patch_pca(features: Tensor, components: int = 3) -> Tensor:
 
 
 def plot_attention(model: nn.Module, images: Tensor, path: str | Path, *, layer: int = -1,
-                   title: str | None = None) -> Path:
+                   title: str | None = None, row_labels: list[str] | None = None) -> Path:
     """A PNG grid, one row per image: the image, each head's CLS attention overlaid (one colour scale,
-    with its bar), and the PCA of the layer's output patch features. Returns ``path``."""
+    with its bar), and the PCA of the layer's output patch features (the first three principal components
+    of the patch tokens, as red, green, blue: patches of similar features get similar colours).
+    ``row_labels`` (e.g. true and predicted class) name the rows. Returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +92,7 @@ def plot_attention(model: nn.Module, images: Tensor, path: str | Path, *, layer:
     for i in range(B):
         picture = _displayable(images[i].cpu()).numpy()  # (H, W, C) in [0, 1]
         axes[i, 0].imshow(picture, cmap="gray" if picture.shape[-1] == 1 else None)
-        axes[i, 0].set_ylabel(f"image {i}")
+        axes[i, 0].set_ylabel(row_labels[i] if row_labels else f"image {i}", fontsize=8)
         for k in range(K):
             heat = maps[i, k].reshape(grid, grid).numpy()
             axes[i, k + 1].imshow(picture.mean(-1), cmap="gray", extent=(0, grid, grid, 0))
@@ -100,7 +102,7 @@ def plot_attention(model: nn.Module, images: Tensor, path: str | Path, *, layer:
     for k in range(K):
         axes[0, k + 1].set_title(f"head {k}")
     axes[0, 0].set_title("image")
-    axes[0, K + 1].set_title("PCA of patches")
+    axes[0, K + 1].set_title("PCA of patches\n(3 components = RGB)", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

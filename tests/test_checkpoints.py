@@ -111,3 +111,23 @@ def test_unsafe_pickles_are_refused(tmp_path):
     torch.save({"model": small().state_dict(), "obj": object()}, path)  # not loadable with weights_only
     with pytest.raises(CheckpointError, match="could not read"):
         create_model("crate_nano", checkpoint=path, **SMALL)
+
+
+def test_both_readers_refuse_another_format_version_in_the_same_words(tmp_path):
+    """One check (srr.models.checkpoints.check_version) for create_model(checkpoint=) and (pretrained=)."""
+    import torch
+
+    from srr.models import CheckpointError, create_model, save_checkpoint
+
+    model = create_model("crate_nano")
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    obj = torch.load(path, weights_only=True)
+    obj["version"] = 99
+    torch.save(obj, path)
+    messages = []
+    for kwargs in ({"checkpoint": path}, {"pretrained": path}):
+        with pytest.raises(CheckpointError) as error:
+            create_model("crate_nano", **kwargs)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1] and "format version 99; this srr reads version 1" in messages[0]

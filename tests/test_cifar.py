@@ -150,3 +150,15 @@ def test_srr_train_runs_on_real_cifar10_from_the_command_line(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "cifar10" and 0 <= summary["test_accuracy"] <= 1
     assert list(resolve_cache_dir(None).glob("cifar10-train-*.pt"))  # decoded once, into the cache
+
+
+def test_decoding_many_images_shows_a_progress_bar(tmp_path, monkeypatch, capsys):
+    import srr.data.cifar as cifar
+
+    _write_tree(tmp_path / "data", {"train": 1, "test": 1})
+    monkeypatch.setattr(cifar, "DECODE_PROGRESS_MIN", 5)  # 10 images: "many" here
+    decoded_split("cifar10", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert "decoding cifar10 test" in err and "10/10" in err
+    decoded_split("cifar10", "test", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert "decoding" not in capsys.readouterr().err  # the cache: nothing to decode

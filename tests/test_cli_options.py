@@ -131,3 +131,46 @@ def test_click_exception_classes_are_found_whichever_click_typer_runs_on():
     assert typer.Abort in exceptions.Abort
     for name in ("UsageError", "ClickException"):
         assert getattr(exceptions, name), name
+
+
+def test_weights_and_data_options_are_declared_once_for_eval_measure_and_attention():
+    import typing
+
+    from srr.cli import options
+    from srr.cli.attention import attention_command
+    from srr.cli.evaluate import eval_command
+    from srr.cli.measure import measure_command
+
+    for command in (eval_command, measure_command, attention_command):
+        hints = typing.get_type_hints(command, include_extras=True)
+        for name, declared in (("model_name", options.ModelName), ("pretrained", options.Pretrained),
+                               ("dataset", options.Dataset), ("data_dir", options.DataDir),
+                               ("download", options.Download), ("device", options.Device)):
+            assert hints[name] == declared, (command.__name__, name)
+    assert typing.get_type_hints(eval_command, include_extras=True)["checkpoint"] == options.Checkpoint
+
+
+def test_bench_table_keeps_brackets_and_names_targets(monkeypatch):
+    from srr.cli import bench
+
+    fake = bench.Bench("rates", None, lambda quick, dev: [], lambda result: [
+        bench.Headline("needs pip install 'srr[bench]'", 1.5, "×", ">= 1 (SRR term cost)", True)])
+    monkeypatch.setattr(bench, "BENCHES", [fake])
+    monkeypatch.setattr(bench, "_run", lambda b, **kw: {})
+    text = " ".join(runner.invoke(app, ["bench", "--device", "cpu"], env={"COLUMNS": "200"}).stdout.split())
+    assert "pip install 'srr[bench]'" in text and "(SRR term cost)" in text
+
+
+def test_bench_hides_what_native_code_writes_to_stderr(capfd):
+    import os
+
+    from srr.cli.bench import _silenced
+
+    with _silenced():
+        os.write(2, b"USDT probe: profiler_start\n")
+        os.write(1, b"native stdout\n")
+        print("python stdout")
+    out, err = capfd.readouterr()
+    assert "USDT" not in err and "native stdout" not in out and "python stdout" not in out
+    os.write(2, b"after\n")
+    assert "after" in capfd.readouterr().err  # restored

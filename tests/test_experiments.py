@@ -180,7 +180,7 @@ def test_layer_stats_match_the_library_rates_on_real_images():
     images = _cifar.load("test", _cifar.data_dir(None), subset=20).tensors[0]
     net = _cifar.model("crate", width=32, depth=2)
     rows = _cifar.layer_stats(net, images, batch_size=7)
-    _, layers = net.forward_intermediates(images)
+    _, layers = net.forward_layer_tokens(images)
     out, U = layers[1].output.double(), net.blocks()[1].subspaces.double()
     assert rows[1]["R[0.1]"] == pytest.approx(srr.coding_rate(out, 0.1).mean().item(), rel=1e-6)
     assert rows[1]["Rc[p/N]"] == pytest.approx(

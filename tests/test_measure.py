@@ -49,10 +49,10 @@ def test_crate_measurement_equals_plain_computation_from_intermediates(crate, di
     result = measure(crate, x, batch_size=16, eps=0.5, lam=0.1, progress=False)
     assert len(result) == 3 * crate.config.depth and result.sites == list(SITES)
     with torch.no_grad():
-        _, layers = crate.forward_intermediates(x)
+        _, layers = crate.forward_layer_tokens(x)
     for row in result:
         tokens = layers[row.layer]
-        Z = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}[row.site]
+        Z = {"in": tokens.input, "half": tokens.half, "out": tokens.output}[row.site]
         U = crate.blocks()[row.layer].subspaces.detach()
         assert row.module == f"transformer.layers.{row.layer}"
         assert _rel(row.R, coding_rate(Z, 0.5).mean().item()) < 1e-10
@@ -70,17 +70,17 @@ def test_crate_measurement_equals_plain_computation_from_intermediates(crate, di
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), batch=st.integers(1, 5))
 def test_fast_crate_measurement_equals_the_rates_of_each_site_on_random_images(seed, batch):
-    """measure reads each token set in place, sharing R, ‖Z‖₀, ‖Z‖₁ between Z^{ℓ+1} and Z^{ℓ+1}'s mssa_in:
+    """measure reads each token set in place, sharing R, ‖Z‖₀, ‖Z‖₁ between Z^{ℓ+1} and Z^{ℓ+1}'s "in" site:
     per image it must give exactly the rates functions' values (float64, relative error)."""
     torch.manual_seed(seed)
     model = create_model("crate_nano", depth=3).double().eval()
     x = torch.randn(batch, 1, 8, 8, dtype=torch.float64) * torch.rand(()).item() * 3
     result = measure(model, x, eps=0.3, lam=0.2, progress=False)
     with torch.no_grad():
-        _, layers = model.forward_intermediates(x)
+        _, layers = model.forward_layer_tokens(x)
     for row in result:
         t = layers[row.layer]
-        Z = {"mssa_in": t.input, "half": t.half, "out": t.output}[row.site]
+        Z = {"in": t.input, "half": t.half, "out": t.output}[row.site]
         U = model.blocks()[row.layer].subspaces.detach()
         assert _rel(row.R, coding_rate(Z, 0.3).mean().item()) < 1e-10
         assert _rel(row.Rc, compressed_coding_rate(Z, U, 0.3).mean().item()) < 1e-10
@@ -89,17 +89,17 @@ def test_fast_crate_measurement_equals_the_rates_of_each_site_on_random_images(s
         assert _rel(row.l1, Z.abs().sum((-2, -1)).mean().item()) < 1e-12
 
 
-def test_a_layer_output_is_the_next_layers_mssa_input(crate, digits):
+def test_a_layer_output_is_the_next_layers_input(crate, digits):
     result = measure(crate, digits[0].double(), progress=False)
     for ell in range(crate.config.depth - 1):
-        out, nxt = result.select("out")[ell], result.select("mssa_in")[ell + 1]
+        out, nxt = result.select("out")[ell], result.select("in")[ell + 1]
         assert (out.R, out.l0, out.l1) == (nxt.R, nxt.l0, nxt.l1)
 
 
 def test_a_subset_of_sites_gives_the_same_rows(crate, digits):
     x = digits[0][:8].double()
     full = measure(crate, x, progress=False)
-    for sites in (("out",), ("half", "mssa_in")):
+    for sites in (("out",), ("half", "in")):
         part = measure(crate, x, sites=sites, progress=False)
         assert part.rows == [r for r in full if r.site in sites]
     with pytest.raises(ValueError, match="sites must be"):
@@ -251,7 +251,7 @@ def test_measurement_saves_prints_and_plots(crate, digits, tmp_path):
     png = result.plot(tmp_path / "m.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = str(result)
-    assert "Rc" in printed and "mssa_in" in printed and printed.count("transformer.layers.") == len(result)
+    assert "Rc" in printed and "│ in   │" in printed and printed.count("transformer.layers.") == len(result)
     assert result.__rich__().row_count == len(result)
     assert result.column("Rc", "half") == [r.Rc for r in result.select("half")]
     with pytest.raises(ValueError, match="site must be one of"):
@@ -294,3 +294,13 @@ def test_rates_from_gram_equal_the_rates_of_the_tokens(n, d, K, seed, scale):
     R, Rc = rates_from_gram(Z.T @ Z, n, U, 0.5)
     assert _rel(R.item(), coding_rate(Z, 0.5).item()) < 1e-9
     assert _rel(Rc.item(), compressed_coding_rate(Z, U, 0.5).item()) < 1e-9
+
+
+def test_the_old_site_name_mssa_in_still_reads_the_block_input_with_a_warning(crate, digits):
+    """"mssa_in" named Z^ℓ while LayerTokens.mssa_input is LN₁(Z^ℓ); the site is "in" now."""
+    x = digits[0][:8].double()
+    with pytest.warns(DeprecationWarning, match="'mssa_in' is now 'in'"):
+        result = measure(crate, x, sites=("mssa_in",), progress=False)
+    assert list(result.sites) == ["in"]
+    with pytest.warns(DeprecationWarning):
+        assert result.select("mssa_in") == result.select("in")

@@ -209,7 +209,7 @@ def test_features_intermediates_subspaces_dictionaries_have_documented_shapes(va
     B, N, d = 3, cfg.num_patches + 1, cfg.dim
     feats = model.forward_features(x)
     assert feats.shape == (B, N, d)
-    logits, layers = model.forward_intermediates(x)
+    logits, layers = model.forward_layer_tokens(x)
     assert torch.equal(logits, model(x))
     assert len(layers) == cfg.depth and all(isinstance(t, LayerTokens) for t in layers)
     for t in layers:
@@ -234,7 +234,7 @@ def test_features_intermediates_subspaces_dictionaries_have_documented_shapes(va
 @pytest.mark.parametrize("variant", [v for v in list_variants() if v != "crate_alpha"])
 def test_layer_outputs_after_ista_are_nonnegative(variant):
     model = small(variant, depth=3)
-    _, layers = model.forward_intermediates(images(model) * 3)
+    _, layers = model.forward_layer_tokens(images(model) * 3)
     for t in layers:
         assert (t.output >= 0).all()
         assert (t.output > 0).any()  # and not trivially zero
@@ -245,7 +245,7 @@ def test_block_forward_hooks_see_layer_input_and_output():
     seen = []
     hooks = [b.register_forward_hook(lambda mod, inp, out: seen.append((inp[0], out))) for b in model.blocks()]
     x = images(model)
-    _, layers = model.forward_intermediates(x)
+    _, layers = model.forward_layer_tokens(x)
     model(x)
     for h in hooks:
         h.remove()
@@ -326,7 +326,7 @@ def _reference_half(block, z, variant, cfg):
 @pytest.mark.parametrize("variant", ["crate_c", "crate_n", "crate_t", "crate_exact"])
 def test_compression_half_step_follows_its_formula(variant):
     model = small(variant, depth=1).double()
-    _, (t,) = model.forward_intermediates(images(model).double())
+    _, (t,) = model.forward_layer_tokens(images(model).double())
     ref = _reference_half(model.blocks()[0], t.input, variant, model.config)
     assert rel_err(t.half, ref) < 1e-10
 
@@ -335,7 +335,7 @@ def test_exact_step_lowers_the_compressed_coding_rate_for_a_small_step():
     from srr.rates import compressed_coding_rate
 
     model = small("crate_exact", depth=1, compression_step_size=0.05).double()
-    _, (t,) = model.forward_intermediates(images(model).double())
+    _, (t,) = model.forward_layer_tokens(images(model).double())
     U = model.layer_subspaces()[0]
     eps = model.config.eps
     before = compressed_coding_rate(t.mssa_input, U, eps)
@@ -471,3 +471,23 @@ def test_torch_compile_inductor_matches_eager_forward_and_backward():
     (g_c,) = torch.autograd.grad(out_c.sum(), model.pos_embedding)
     (g_e,) = torch.autograd.grad(out_e.sum(), model.pos_embedding)
     torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-5)
+
+
+def test_renamed_names_keep_their_old_spelling_as_deprecated_aliases():
+    """forward_intermediates (timm's name, not timm's contract) → forward_layer_tokens; CRATE.dropout (the
+    embedding dropout) → emb_dropout; Step.smooth (an objective; Term.smooth is a bool) → Step.smooth_part."""
+    from srr.derivation import derive_step
+    from srr.objective import L1, LeastSquares
+
+    model = create_model("crate_nano").eval()
+    x = torch.randn(2, 1, 8, 8)
+    logits, layers = model.forward_layer_tokens(x)
+    with pytest.warns(DeprecationWarning, match="forward_layer_tokens"):
+        old_logits, old_layers = model.forward_intermediates(x)
+    assert torch.equal(logits, old_logits) and len(layers) == len(old_layers)
+    with pytest.warns(DeprecationWarning, match="emb_dropout"):
+        assert model.dropout is model.emb_dropout
+    step = derive_step(LeastSquares() + L1(lam=1.0), step_size=1.0)
+    with pytest.warns(DeprecationWarning, match="smooth_part"):
+        assert str(step.smooth) == str(step.smooth_part)
+    assert all(t.smooth for _, t in step.smooth_part.terms)

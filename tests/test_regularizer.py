@@ -41,7 +41,7 @@ def test_crate_value_equals_plain_computation_from_intermediates_and_subspaces(d
     with SRRRegularizer(model, layers=[1, 3], weight=0.3, eps=0.5, lam=0.1, detach_input=detach) as reg:
         model(x)
         value = reg()
-    _, layers = model.forward_intermediates(x)
+    _, layers = model.forward_layer_tokens(x)
     U = model.layer_subspaces()
     parts = [sparse_rate_reduction(layers[ell].output, U[ell], 0.5, 0.1).mean() for ell in (1, 3)]
     torch.testing.assert_close(value, 0.3 * (parts[0] + parts[1]) / 2, rtol=1e-12, atol=0)
@@ -80,7 +80,7 @@ def test_detached_form_equals_recomputing_the_block_on_a_detached_input():
         (F.cross_entropy(model(x), y) + reg()).backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    _, layers = model.forward_intermediates(x)
+    _, layers = model.forward_layer_tokens(x)
     out = model.blocks()[ell](layers[ell].input.detach())  # recomputed on a detached input
     term = 0.7 * sparse_rate_reduction(out, model.layer_subspaces()[ell], 0.5, 0.1).mean()
     (F.cross_entropy(model(x), y) + term).backward()
@@ -107,7 +107,7 @@ def test_gradients_equal_recomputing_every_regularised_block_on_a_detached_input
         (F.cross_entropy(model(x), y) + reg()).backward()
     got = _grads(model)
     model.zero_grad()
-    _, inter = model.forward_intermediates(x)
+    _, inter = model.forward_layer_tokens(x)
     U = model.layer_subspaces()
     terms = []
     for ell in layers:
@@ -346,7 +346,7 @@ def _projection_crate(variant="crate", **kwargs):
 
 def _projection_direct(model, x, layers, *, eps, lam, detach):
     """η-free mean over ``layers`` of μ_SRR(LN₁(Z^ℓ)) written with srr.rates on X and U^ℓ (E1, E2, E4)."""
-    _, inter = model.forward_intermediates(x)
+    _, inter = model.forward_layer_tokens(x)
     terms = []
     for ell in layers:
         block = model.blocks()[ell]
@@ -375,7 +375,7 @@ def test_projection_site_value_equals_the_rates_of_the_mssa_input(variant, detac
             value = reg()
         want = 0.3 * _projection_direct(model, x, [0, 3], eps=0.5, lam=0.1, detach=detach)
         assert _relative_error(value, want) < 1e-12
-        X = model.blocks()[3][0].norm(model.forward_intermediates(x)[1][3].input)
+        X = model.blocks()[3][0].norm(model.forward_layer_tokens(x)[1][3].input)
         torch.testing.assert_close(reg.parts["transformer.layers.3"].R, coding_rate(X, 0.5).mean().detach())
         torch.testing.assert_close(reg.parts["transformer.layers.3"].l0, (X != 0).sum((-2, -1)).double().mean())
 
@@ -454,3 +454,44 @@ def test_projection_site_under_bf16_autocast_is_close_to_float32(detach):
         model.zero_grad()
         values.append(reg.parts["transformer.layers.3"].srr)
     torch.testing.assert_close(values[1], values[0], rtol=1e-3, atol=0)
+
+
+def test_a_layer_with_fewer_than_two_tokens_warns_once():
+    """ResNet-18's layer4 at 32 px is a 1×1 map: one token per image, a degenerate SRR term
+    (docs/guide-regularize.md); the regulariser says so, once."""
+    import warnings
+
+    model = torchvision.models.resnet18(num_classes=10)
+    reg = SRRRegularizer(model, layers=["layer4"], weight=1e-3, subspaces=Learned(heads=4))
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="layer4.*1 tokens per sample.*degenerate"):
+        model(x)
+        reg()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+        reg()  # said once
+    reg.close()
+    ok = SRRRegularizer(model, layers=["layer2"], weight=1e-3, subspaces=Learned(heads=4))  # 4×4 map: 16 tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+        ok()
+    ok.close()
+
+
+def test_each_site_is_one_strategy_behind_the_same_constructor():
+    """``SRRRegularizer(site=...)`` stays the public factory; each site's hooks and value live in one object."""
+    from srr.measurement.regularizer import _OutputSite, _ProjectionSite
+
+    model = create_model("crate_nano")
+    out, proj = SRRRegularizer(model), SRRRegularizer(model, site="projection")
+    assert type(out._site) is _OutputSite and type(proj._site) is _ProjectionSite
+    with pytest.raises(RuntimeError, match="no tokens captured"):
+        out()
+    with pytest.raises(RuntimeError, match="no projection captured"):
+        proj()
+    model(torch.randn(2, 1, 8, 8))
+    assert torch.isfinite(out()) and torch.isfinite(proj()) and set(out.parts) == set(proj.parts)
+    out.close(), proj.close()
+    assert not out.active and not proj.active

@@ -333,7 +333,7 @@ def test_tost_is_the_crate_block_with_tssa_in_place_of_mssa():
 def test_tost_half_step_is_its_tssa_update_on_the_normed_tokens():
     model = tost_model().double().eval()
     x = torch.randn(3, 1, 8, 8, dtype=f64)
-    _, layers = model.forward_intermediates(x)
+    _, layers = model.forward_layer_tokens(x)
     block, t = model.blocks()[0], layers[0]
     assert rel(t.half, t.input + block.compression(block[0].norm(t.input))) < 1e-14
     assert (t.output >= 0).all()
@@ -418,11 +418,11 @@ def test_measure_reports_each_tssa_layers_own_variational_rate():
     model = create_model("crate_nano", variant="tost", patch_size=2).eval()
     m = srr.measure(model, images, eps=0.5, progress=False)
     with torch.no_grad():
-        _, layers = model.forward_intermediates(images)
+        _, layers = model.forward_layer_tokens(images)
         block, tokens = model.blocks()[1], layers[1]
         Pi = block.compression.membership(tokens.mssa_input)
         expected = {site: srr.variational_compressed_coding_rate(Z, block.subspaces, Pi, 0.5).mean().item()
-                    for site, Z in (("mssa_in", tokens.input), ("half", tokens.half), ("out", tokens.output))}
+                    for site, Z in (("in", tokens.input), ("half", tokens.half), ("out", tokens.output))}
     got = {r.site: r.Rc_var for r in m if r.layer == 1}
     assert got == pytest.approx(expected, rel=1e-5)
     plain = srr.measure(create_model("crate_nano", patch_size=2).eval(), images, progress=False)

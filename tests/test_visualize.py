@@ -30,7 +30,7 @@ def images(n=3):
 @pytest.mark.parametrize("layer", [0, 2])
 def test_maps_equal_softmax_of_the_scaled_gram_recomputed_from_the_weights(variant, layer):
     model, x = small(variant), images()
-    _, tokens = model.forward_intermediates(x)
+    _, tokens = model.forward_layer_tokens(x)
     block = model.blocks()[layer]
     norm, W = block[0].norm, block.compression.qkv.weight  # W: (K·p, d)
     z = F.layer_norm(tokens[layer].input, (32,), norm.weight, norm.bias, norm.eps)  # LN₁(Z^ℓ), (B, N, d)
@@ -95,3 +95,34 @@ def test_srr_attention_on_a_trained_run(tmp_path):
     assert png.is_file() and str(png) in result.stdout.replace("\n", "")
     result = runner.invoke(app, ["attention", str(out), "--layer", "9"])
     assert result.exit_code == 2 and "--layer must be in [0, 3]" in result.stderr
+
+
+def test_srr_attention_takes_the_classes_in_turn_and_labels_each_row(tmp_path, monkeypatch):
+    """A class-sorted split (CIFAR's test folders) must not show only airplanes: the rows take the classes
+    in turn and each says its true and predicted class."""
+    import torch
+    from typer.testing import CliRunner
+
+    import srr.cli.attention as attention_cli
+    import srr.visualize as visualize
+    from srr.cli import app
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    assert attention_cli.spread_over_classes(labels, 4) == [0, 3, 5, 1]
+    assert attention_cli.spread_over_classes(labels, 20) == [0, 3, 5, 1, 4, 6, 2, 7]
+    run = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "--out", str(run), "--epochs", "1", "--train-subset", "64", "--batch-size",
+                               "32", "--measure-samples", "0", "--threads", "1", "--quiet"]).exit_code == 0
+    seen, real = {}, visualize.plot_attention
+
+    def spy(model, images, path, *, layer=-1, title=None, row_labels=None):
+        seen["rows"] = row_labels
+        return real(model, images, path, layer=layer, title=title, row_labels=row_labels)
+
+    monkeypatch.setattr(visualize, "plot_attention", spy)
+    result = runner.invoke(app, ["attention", str(run), "--images", "3", "--out", str(tmp_path / "a.png")])
+    assert result.exit_code == 0, result.output
+    assert len(seen["rows"]) == 3 and all(r.startswith("true ") and "\npredicted " in r for r in seen["rows"])
+    assert len({r.split("\n")[0] for r in seen["rows"]}) == 3  # three different classes
+    assert (tmp_path / "a.png").stat().st_size > 0

@@ -134,7 +134,7 @@ def bench_training(device: torch.device, *, batch: int, rounds: int, autocast: t
                              "extra_pass_all12", "floor_projection_last", "floor_projection_all12",
                              "floor_projection_last_detached", "floor_projection_all12_detached"]}
     with torch.no_grad():
-        _, layers = model.forward_intermediates(x)
+        _, layers = model.forward_layer_tokens(x)
     inputs = [t.input.detach() for t in layers]  # Z^ℓ, each (B, N, d)
     outputs = [t.output.detach().requires_grad_() for t in layers]  # Z^{ℓ+1}
     grad = torch.randn_like(inputs[0])
@@ -251,7 +251,7 @@ def bench_measure(device: torch.device, *, images: int, batch: int, rounds: int,
         """Plain inference plus the rates' bare arithmetic at the three sites (R once per distinct set)."""
         with torch.inference_mode():
             for x in batches:
-                _, layers = model.forward_intermediates(x)
+                _, layers = model.forward_layer_tokens(x)
                 for t, U in zip(layers, subspaces):
                     for Z in (t.input, t.half, t.output):
                         _floor_rates(Z, U, eps=0.1, backward=False)

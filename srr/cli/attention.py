@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import DataDir, Dataset, Device, Download, ModelName, Pretrained, SPLIT_HELP
 from .errors import USAGE, fail, stdout, user_errors
 
 
@@ -14,19 +15,16 @@ def attention_command(
     checkpoint: Annotated[Optional[Path], typer.Argument(
         metavar="[RUN_OR_CHECKPOINT]", help="A run folder or an srr checkpoint (.pt). Or leave it out and pass "
                                             "--pretrained.")] = None,
-    images: Annotated[int, typer.Option(help="How many images (the first ones of the split), one row each.")] = 4,
+    images: Annotated[int, typer.Option(help="How many images, one row each, taking the classes in turn (each "
+                                             "row says its true and predicted class).")] = 4,
     layer: Annotated[int, typer.Option(help="Layer, 0-based; -1: the last.")] = -1,
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    model_name: Annotated[Optional[str], typer.Option(
-        "--model", help="Architecture of --pretrained weights without a config (a public CRATE .pth).")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(
-        help="Weights that are not an srr run (public CRATE .pth with --model, .safetensors, a "
-             "save_pretrained folder, hf://owner/repo). Needs --dataset.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Download the dataset if missing.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    split: Annotated[str, typer.Option(help=f"{SPLIT_HELP}.")] = "test",
+    model_name: ModelName = None,
+    pretrained: Pretrained = None,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(
         help="PNG to write. Default: <run>/plots/attention_layer<L>.png, else beside the checkpoint.")] = None,
 ) -> None:
@@ -50,12 +48,49 @@ def attention_command(
         if not -depth <= layer < depth:
             raise fail(f"--layer must be in [0, {depth - 1}] (or negative, from the end), got {layer}", USAGE)
         data = load_split(model, train_config, split=split, dataset=dataset, data_dir=data_dir, download=download)
-        count = min(images, len(data))
-        batch = torch.stack([data[i][0] for i in range(count)]).to(dev)  # (B, C, H, W)
+        targets, names = _labels(data)
+        chosen = spread_over_classes(targets, min(images, len(data)))
+        batch = torch.stack([data[i][0] for i in chosen]).to(dev)  # (B, C, H, W)
+        with torch.no_grad():
+            predicted = model(batch).argmax(-1).tolist()
+
+        def name(k: int) -> str:
+            return names[k] if names and 0 <= k < len(names) else str(k)
+
+        rows = [f"true {name(int(targets[i]))}\npredicted {name(p)}" for i, p in zip(chosen, predicted)]
         index = layer % depth
         target = out or _default_out(Path(path), index)
-        written = plot_attention(model, batch, target, layer=index)
+        written = plot_attention(model, batch, target, layer=index, row_labels=rows)
     stdout().print(f"wrote {written}", highlight=False)
+
+
+def _labels(data, limit: int = 20000):
+    """``(labels (n,), class names or None)`` of a dataset: read off in-memory tensors where it has them,
+    else from its items (the first ``limit``)."""
+    import torch
+
+    base, index = data, None
+    if hasattr(data, "indices") and hasattr(data, "dataset"):  # a Subset (a run's train or val split)
+        base, index = data.dataset, torch.as_tensor(list(data.indices), dtype=torch.long)
+    names = getattr(base, "classes", None)
+    tensors = getattr(base, "tensors", None)
+    if tensors is not None:
+        labels = torch.as_tensor(tensors[1])
+        return (labels if index is None else labels[index]), names
+    return torch.tensor([int(data[i][1]) for i in range(min(len(data), limit))]), names
+
+
+def spread_over_classes(labels, count: int) -> list[int]:
+    """``count`` indices that take the classes in turn (the first image of each class, then the second, ...),
+    so that a class-sorted split does not show one class only."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels.tolist()):
+        by_class.setdefault(int(y), []).append(i)
+    chosen, rank = [], 0
+    while len(chosen) < count and any(rank < len(v) for v in by_class.values()):
+        chosen += [v[rank] for _, v in sorted(by_class.items()) if rank < len(v)][: count - len(chosen)]
+        rank += 1
+    return chosen
 
 
 def _default_out(path: Path, layer: int) -> Path:

@@ -107,6 +107,21 @@ def check_source(checkpoint: Path | None, *, model_name: str | None, pretrained:
     check_weights(pretrained, "--pretrained")
 
 
+def check_fits(model, train_config: dict | None, name: str, *, data_dir) -> None:
+    """Images of ``name`` must have the channels the model was trained on (the size is resized to the
+    model's); otherwise a ValueError in the words of the two datasets: "trained on digits (1×8×8), the
+    data is cifar10 (3×32×32)"."""
+    from srr.data import dataset_info
+
+    c = model.config
+    info = dataset_info(name, data_dir=data_dir)
+    if info.in_chans != c.in_chans:
+        trained = (train_config or {}).get("dataset") or "its data"
+        raise ValueError(f"the model was trained on {trained} ({c.in_chans}×{c.image_size}×{c.image_size}), the "
+                         f"data is {name} ({info.in_chans}×{info.image_size}×{info.image_size}): pass --dataset with "
+                         f"{c.in_chans}-channel images")
+
+
 def load_split(model, train_config: dict | None, *, split: str, dataset: str | None, data_dir, download: bool):
     """The ``split`` (train, val, test) of the dataset ``model`` was trained on (or ``dataset``),
     un-augmented, at the model's image size. For an srr run, ``train`` is the images it trained on (its
@@ -122,6 +137,7 @@ def load_split(model, train_config: dict | None, *, split: str, dataset: str | N
         raise ValueError("the checkpoint does not say which dataset it was trained on; pass --dataset")
     data_dir = str(data_dir) if data_dir is not None else (train_config or {}).get("data_dir")
     image_size = model.config.image_size
+    check_fits(model, train_config, name, data_dir=data_dir)
     if split == "val" and train_config is None:
         raise ValueError("split 'val' is carved out of the training split by srr train; this checkpoint "
                          "has no training config, so use --split train or --split test")

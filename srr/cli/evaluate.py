@@ -2,34 +2,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from .options import Checkpoint, DataDir, Dataset, Device, Download, ModelName, Pretrained, SPLIT_HELP
 from .errors import USAGE, fit, stdout, user_errors
 
 
 def eval_command(
-    checkpoint: Annotated[Optional[Path], typer.Argument(
-        metavar="[CHECKPOINT]", help="An srr checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt). "
-                                     "Or leave it out and pass --pretrained.")] = None,
-    model_name: Annotated[Optional[str], typer.Option(
-        "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
-                        "(a public CRATE .pth), e.g. crate_tiny.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(
-        help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
-             "save_pretrained folder, or hf://owner/repo on the Hugging Face hub. Needs --dataset.")] = None,
-    split: Annotated[str, typer.Option(help="train (for an srr run: the images it trained on), val (held out by srr train) or test.")] = "test",
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option(
-        "--download",
-        help="Download the dataset if its files are missing.")] = False,
+    checkpoint: Checkpoint = None,
+    model_name: ModelName = None,
+    pretrained: Pretrained = None,
+    split: Annotated[str, typer.Option(help=f"{SPLIT_HELP}.")] = "test",
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    download: Download = False,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 512,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Accuracy and loss of a trained model on a split."""

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .options import Checkpoint, DataDir, Dataset, Device, Download, ModelName, Pretrained, SPLIT_HELP
 from .errors import USAGE, fit, stdout, user_errors
 
 FORMATS = ("table", "csv", "json")
@@ -20,27 +21,18 @@ def default_out(checkpoint: Path) -> Path:
 
 
 def measure_command(
-    checkpoint: Annotated[Optional[Path], typer.Argument(
-        metavar="[CHECKPOINT]", help="An srr checkpoint (.pt) or a run folder (uses its checkpoints/latest.pt). "
-                                     "Or leave it out and pass --pretrained.")] = None,
-    model_name: Annotated[Optional[str], typer.Option(
-        "--model", help="Registry name of the architecture of --pretrained weights that carry no config "
-                        "(a public CRATE .pth), e.g. crate_tiny.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(
-        help="Weights that are not an srr run: a public CRATE .pth (with --model), a .safetensors file or a "
-             "save_pretrained folder, or hf://owner/repo on the Hugging Face hub. Needs --dataset.")] = None,
-    split: Annotated[str, typer.Option(help="train (HU24 measure on training data), val or test.")] = "train",
+    checkpoint: Checkpoint = None,
+    model_name: ModelName = None,
+    pretrained: Pretrained = None,
+    split: Annotated[str, typer.Option(help=f"{SPLIT_HELP} (HU24 measure on training data).")] = "train",
     samples: Annotated[int, typer.Option(help="Images measured (the first ones of the split).")] = 512,
     eps: Annotated[float, typer.Option(help="ε of the coding rates (not ε²).")] = 0.1,
     lam: Annotated[float, typer.Option(help="λ of the sparsity term of μ_SRR.")] = 0.1,
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Dataset. Default: the one the checkpoint was trained on.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder holding file-backed datasets.")] = None,
-    download: Annotated[bool, typer.Option(
-        "--download",
-        help="Download the dataset if its files are missing.")] = False,
+    dataset: Dataset = None,
+    data_dir: DataDir = None,
+    download: Download = False,
     batch_size: Annotated[int, typer.Option(help="Batch size of the forward passes.")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for measure.png, .csv and .json. Default: <run>/measure.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="What to print: table, csv or json.")] = "table",

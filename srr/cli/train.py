@@ -146,6 +146,8 @@ def train(
         result = run_training(config, console=console if progress else None)
     if console is not None:
         console.print(fit(summary_table(result)))
+        if result.already_complete:
+            return  # nothing was written: the table is the run's own summary.json
         plots = ", ".join(str(p) for p in result.plots)
         console.print(f"wrote {result.run_dir}/config.json, metrics.jsonl, summary.json, checkpoints/latest.pt"
                       + (", checkpoints/best.pt" if result.best_epoch else "") + (f"; plots: {plots}" if plots else ""),

@@ -112,11 +112,12 @@ class _FolderSource:
     def fingerprint(self) -> str:
         return _fingerprint([_stat(path, self.root) for path, _ in self.files])
 
-    def decode(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, advance=lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
 
         images = np.empty((len(self.files), NATIVE_SIZE, NATIVE_SIZE, 3), dtype=np.uint8)
         for i, (path, _) in enumerate(self.files):
+            advance()
             with Image.open(path) as image:
                 if image.size != (NATIVE_SIZE, NATIVE_SIZE):
                     raise ValueError(f"CIFAR images must be {NATIVE_SIZE}x{NATIVE_SIZE}, got {image.size[0]}x"
@@ -136,7 +137,7 @@ class _PickleSource:
     def fingerprint(self) -> str:
         return _fingerprint([_stat(self.folder / n, self.folder) for n in (*self.names, self.fmt.meta_file)])
 
-    def decode(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, advance=lambda: None) -> tuple[torch.Tensor, torch.Tensor]:
         batches = [_unpickle(self.folder / name) for name in self.names]
         data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE)
         labels = [int(y) for b in batches for y in b[self.fmt.label_key]]
@@ -167,7 +168,10 @@ def _source(name: str, root: Path, split: str, download: bool, is_train: bool):
         getattr(torchvision.datasets, fmt.torchvision_class)(root, train=is_train, download=True)
         folder = root / fmt.folder
     elif missing:
-        raise not_found(name, folder, ", ".join(missing) if folder.is_dir() else "")
+        error = not_found(name, folder, ", ".join(missing) if folder.is_dir() else "")
+        raise type(error)(f"{error}; --data-dir may hold either layout: class folders {root}/train/<class>/ and "
+                          f"{root}/test/<class>/ (JPEG/PNG), or the python batches {root}/{fmt.folder}/ "
+                          f"({fmt.meta_file}, {', '.join((*fmt.train_files[:1], *fmt.test_files))}, ...)")
     source = _PickleSource(folder, fmt, split)
     return source, source.classes()
 
@@ -190,7 +194,7 @@ def decoded_split(name: str, split: str, *, data_dir=None, download=False, cache
             return payload["images"], payload["labels"], list(payload["classes"])
         except Exception:  # noqa: BLE001 — a damaged cache is rebuilt, never trusted
             pass
-    images, labels = source.decode()
+    images, labels = _decode_with_progress(source, f"decoding {name} {split} once, into the cache")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
@@ -199,6 +203,24 @@ def decoded_split(name: str, split: str, *, data_dir=None, download=False, cache
     except OSError:  # a read-only cache folder costs a decode per run, not the run
         pass
     return images, labels, classes
+
+
+DECODE_PROGRESS_MIN = 1000  # images: below this a decode is quick enough to need no bar
+
+
+def _decode_with_progress(source, description: str):
+    """``source.decode()``, with a progress bar on stderr for a folder of many images (the first decode of
+    CIFAR's 60,000 JPEGs takes tens of seconds; later runs read the cache)."""
+    total = len(getattr(source, "files", ()))
+    if total < DECODE_PROGRESS_MIN:
+        return source.decode()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        return source.decode(advance=lambda: progress.advance(task))
 
 
 def cifar_info(name: str, *, data_dir=None, image_size: int | None = None, cache_dir=None) -> DatasetInfo:

@@ -15,6 +15,8 @@ gradient (second order).
 """
 from __future__ import annotations
 
+import warnings
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Union
@@ -65,8 +67,15 @@ class Step:
         return self.apply(Z, params)
 
     @property
-    def smooth(self) -> Objective:
+    def smooth_part(self) -> Objective:
+        """The objective's smooth terms (the gradient step's); ``Term.smooth`` is the bool that picks them."""
         return self.objective.smooth_part()
+
+    @property
+    def smooth(self) -> Objective:
+        """Deprecated name of :attr:`smooth_part` (``Term.smooth`` is a bool; this is an objective)."""
+        warnings.warn("Step.smooth is an objective; use Step.smooth_part", DeprecationWarning, stacklevel=2)
+        return self.smooth_part
 
     @property
     def nonsmooth(self) -> Objective:
@@ -83,7 +92,7 @@ class Step:
 
     def gradient(self, Z: Tensor, **params) -> Tensor:
         """``∇_Z f(Z; params)`` of the smooth part, one gradient per token set, shape of ``Z``."""
-        smooth = self.smooth
+        smooth = self.smooth_part
         if not smooth.terms:
             return torch.zeros_like(Z)
         used = {n: params[n] for n in smooth.requires}
@@ -94,7 +103,7 @@ class Step:
         """Whether the gradient step from ``Z = X`` is a linear map ``X ↦ X M`` of the tokens: every
         smooth term is a token-wise quadratic form (``Term.tokenwise_quadratic``), e.g. the ISTA step's
         ``½‖X − ZDᵀ‖²`` (E10) or an elastic net's ``½‖X − ZDᵀ‖² + (μ/2)‖Z‖²``."""
-        terms = self.smooth.terms
+        terms = self.smooth_part.terms
         return bool(terms) and all(t.tokenwise_quadratic for _, t in terms)
 
     def step_matrix(self, params: dict, step_size, like: Tensor) -> Tensor:
@@ -125,7 +134,7 @@ class Step:
         if at_signal and self._fuses(Z, params):
             V = Z @ self.step_matrix(params, kappa, Z)  # (..., N, d)
         else:
-            V = Z - kappa * self.gradient(Z, **params) if self.smooth.terms else Z  # (..., N, d)
+            V = Z - kappa * self.gradient(Z, **params) if self.smooth_part.terms else Z  # (..., N, d)
         if not self.nonsmooth.terms:
             return V
         return self.objective.prox(V, kappa if prox_scale is None else kappa * prox_scale)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from srr._checks import check_eps, check_int, check_lam
 from srr.measurement.subspaces import check_policy_subspaces, make_policy
-from srr.measurement.table import SITES, Measurement, MeasurementRow
+from srr.measurement.table import SITES, Measurement, MeasurementRow, site_name
 from srr.measurement.terms import SRRTerms, sample_terms, sparsity_counts, terms_from_parts
 from srr.measurement.tokens import TokenCapture, as_sites, is_crate
 from srr.rates import coding_rate, compressed_coding_rate, variational_compressed_coding_rate
@@ -80,17 +80,17 @@ class _Accumulator:
 
 
 def _measure_crate(model, x, acc: _Accumulator, *, eps, lam, names, sites) -> None:
-    """Every layer's sites from one ``forward_intermediates`` pass, each token set read in place (no stacking).
+    """Every layer's sites from one ``forward_layer_tokens`` pass, each token set read in place (no stacking).
 
     R (E1), ‖Z‖₀ and ‖Z‖₁ depend on the token set alone: they are computed once per distinct set
-    (Z^{ℓ+1} is also layer ℓ+1's ``mssa_in``); R^c (E2) once per site, with the layer's own U^ℓ.
+    (Z^{ℓ+1} is also layer ℓ+1's ``in``); R^c (E2) once per site, with the layer's own U^ℓ.
     """
-    _, layers = model.forward_intermediates(x)
+    _, layers = model.forward_layer_tokens(x)
     blocks = model.blocks()
     known: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # id(Z) -> (R, ‖Z‖₀, ‖Z‖₁), each (B,)
     for ell, (tokens, block) in enumerate(zip(layers, blocks)):
         U = block.subspaces.detach()
-        by_site = {"mssa_in": tokens.input, "half": tokens.half, "out": tokens.output}
+        by_site = {"in": tokens.input, "half": tokens.half, "out": tokens.output}
         Zs = [by_site[site] for site in sites]
         parts = []
         for Z in Zs:
@@ -118,7 +118,7 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
     - ``data``: a DataLoader or iterable of batches (images, or ``(images, labels, ...)``), a Dataset
       (batched by ``batch_size``) or a tensor of images.
     - ``eps`` ε, ``lam`` λ of (E4); ``limit``: stop after this many samples.
-    - ``sites`` (CRATE): which of ``"mssa_in"``, ``"half"``, ``"out"`` to measure; each costs a
+    - ``sites`` (CRATE): which of ``"in"`` (Z^ℓ; formerly ``"mssa_in"``), ``"half"``, ``"out"`` to measure; each costs a
       projection ``Z U^ℓ`` (N·d·Kp multiply-adds per image), about a third of the layer itself.
     - ``layers`` / ``subspaces``: for models other than CRATE (see the module docstring); for a
       CRATE model ``layers=None`` and ``subspaces="model"`` (its own U^ℓ).
@@ -139,6 +139,7 @@ def measure(model: nn.Module, data, *, eps: float = 0.1, lam: float = 0.1, layer
     crate = is_crate(model) and layers is None and isinstance(subspaces, str) and subspaces == "model"
     if isinstance(sites, str):
         sites = (sites,)
+    sites = tuple(site_name(s) if isinstance(s, str) else s for s in sites)
     if not sites or any(s not in SITES for s in sites) or len(set(sites)) != len(sites):
         raise ValueError(f"sites must be distinct names among {SITES}, got {sites!r}")
     sites = tuple(s for s in SITES if s in sites)  # forward order

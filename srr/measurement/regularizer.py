@@ -5,13 +5,15 @@
     reg = SRRRegularizer(model, layers=[-1], weight=1e-3)
     loss = criterion(model(x), y) + reg()  # η · mean_ℓ μ_SRR; reg.parts holds R, R^c, ‖Z‖₀ per layer
 
-``site="projection"`` reads the MSSA input LN₁(Z^ℓ) off the model's own qkv projection instead of the
-layer output (srr/measurement/projection.py). Detached input, its cost, the sites, the ``"sample"``/``"batch"``
+``site`` picks one of two strategies (``_OutputSite``, ``_ProjectionSite`` below): ``"output"`` hooks the
+layer outputs; ``"projection"`` reads the MSSA input LN₁(Z^ℓ) off the model's own qkv projection
+(srr/measurement/projection.py). Detached input, its cost, the sites, the ``"sample"``/``"batch"``
 scopes and the gradient convention under ``torch.distributed``: ``docs/guide-measurement.md``, section
 ``srr/measurement/regularizer.py``.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -110,100 +112,36 @@ class SRRRegularizer(nn.Module):
         self._modules_hooked = [modules[s.module] for s in self.sites]
         self.policy: SubspacePolicy = make_policy(subspaces, model)
         self.parts: dict[str, SRRTerms] = {}
-        self._captured: dict[str, Tensor] = {}
-        self._pending: dict[str, tuple[Tensor, Tensor]] = {}
-        self._handles = []
-        self._projections: dict[str, ProjectionCapture] = {}
+        self._warned: set[str] = set()
         for token_site in self.sites:
             if token_site.where != "output":
                 raise ValueError(f"the regulariser reads layers; site {token_site.label!r} reads a module's input")
-        if site == "projection":
-            for token_site, module in zip(self.sites, self._modules_hooked):
-                projection_mssa(module, token_site.label)  # every layer checked before any is hooked
-            self._projections = {s.label: ProjectionCapture(m, s.label, detach=self.detach_input)
-                                 for s, m in zip(self.sites, self._modules_hooked)}
-            return
-        self.policy.bind(model, self._modules_hooked)
-        for site, module in zip(self.sites, self._modules_hooked):
-            if self.detach_input:
-                self._handles.append(module.register_forward_pre_hook(self._detach_hook(site.label)))
-            self._handles.append(module.register_forward_hook(self._output_hook(site.label)))
+        strategy = _ProjectionSite if site == "projection" else _OutputSite
+        self._site = strategy(self, model, self._modules_hooked)
 
     @property
     def labels(self) -> list[str]:
         return [s.label for s in self.sites]
 
-    # ----- hooks --------------------------------------------------------------------------
-    def _detach_hook(self, label: str):
-        def hook(module, args):
-            z = args[0]
-            if not (torch.is_grad_enabled() and isinstance(z, Tensor) and z.requires_grad):
-                return None
-            z_detached = z.detach().requires_grad_()
-            self._pending[label] = (z, z_detached)
-            return (z_detached, *args[1:])
-        return hook
-
-    def _output_hook(self, label: str):
-        def hook(module, args, output):
-            pending = self._pending.pop(label, None)
-            self._captured[label] = to_tokens(output)
-            if pending is not None:
-                return _Reconnect.apply(output, *pending)
-            return None
-        return hook
-
     # ----- value --------------------------------------------------------------------------
-    def _features(self, Z: Tensor) -> Tensor:
-        if self.scope == "sample":
-            return Z
-        if callable(self.pool):
-            return self.pool(Z)  # (B, d)
-        return Z[:, 0] if self.pool == "cls" else Z.mean(1)  # (B, d)
-
     def forward(self, targets: Tensor | None = None) -> Tensor:
         """``weight · mean over layers of μ_SRR`` of the last forward pass (a scalar, differentiable).
 
         ``targets`` are needed only to fit ``FromData(grouping="labels")`` subspaces.
         """
-        if self._projections:
-            return self._projection_value()
-        missing = [label for label in self.labels if label not in self._captured]
-        if missing:
-            raise RuntimeError(f"no tokens captured for layers {missing} since the last call: run the model's "
-                               f"forward pass (with the hooks attached, i.e. before close()) before calling the "
-                               f"regulariser")
-        tokens = [self._features(self._captured.pop(label)) for label in self.labels]
-        if self.policy.needs_fit:
-            # a feature row is a sample
-            self.policy.fit([t if t.ndim == 3 else t.unsqueeze(1) for t in tokens], targets)
-        self.parts = {}
-        total = 0.0
-        for i, (label, Z) in enumerate(zip(self.labels, tokens)):
-            U = check_policy_subspaces(self.policy.subspaces(i), Z.shape[-1], label)
-            if self.scope == "sample":
-                terms = mean_terms(sample_terms(Z, U, eps=self.eps, lam=self.lam), self.group)
-            else:
-                terms = batch_terms(Z, U, eps=self.eps, lam=self.lam, group=self.group)
-            self.parts[label] = SRRTerms(*(t.detach() for t in terms))
-            total = total + terms.srr
-        return self.weight * total / len(self.labels)
+        terms = self._site.terms(targets)  # {label: SRRTerms}, each differentiable
+        self.parts = {label: SRRTerms(*(t.detach() for t in value)) for label, value in terms.items()}
+        return self.weight * sum(value.srr for value in terms.values()) / len(self.labels)
 
-    def _projection_value(self) -> Tensor:
-        """``site="projection"``: μ_SRR (E4) of X = LN₁(Z^ℓ), the parts from the model's ``A = X U^ℓ``."""
-        missing = [label for label, c in self._projections.items() if not c.captured]
-        if missing:
-            raise RuntimeError(f"no projection captured for layers {missing} since the last call: run the model's "
-                               f"forward pass (with the hooks attached, i.e. before close()) before calling the "
-                               f"regulariser")
-        self.parts = {}
-        total = 0.0
-        for label, capture in self._projections.items():
-            X, A = capture.tokens()
-            terms = mean_terms(projection_terms(X, A, capture.mssa.heads, eps=self.eps, lam=self.lam), self.group)
-            self.parts[label] = SRRTerms(*(t.detach() for t in terms))
-            total = total + terms.srr
-        return self.weight * total / len(self.labels)
+    def _warn_if_degenerate(self, label: str, Z: Tensor) -> None:
+        """A token set of fewer than 2 tokens (a ResNet's 1×1 last map at 32 px; a batch of 1) has R and R^c
+        of one vector: the term cannot spread or compress anything. Said once per layer."""
+        if Z.shape[-2] < 2 and label not in self._warned:
+            self._warned.add(label)
+            what = "tokens per sample" if self.scope == "sample" else "samples in the batch"
+            warnings.warn(f"SRR regulariser: layer {label!r} gives {Z.shape[-2]} {what} (shape {tuple(Z.shape)}); "
+                          f"μ_SRR of fewer than 2 tokens is degenerate: choose an earlier layer with a larger "
+                          f"feature map (e.g. a ResNet's layer2 or layer3 at 32 px)", stacklevel=4)
 
     def sync_gradients(self) -> None:
         """Average the gradients of the regulariser's own parameters (learned subspaces) over ranks.
@@ -222,16 +160,11 @@ class SRRRegularizer(nn.Module):
     # ----- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
         """Remove every hook; the model runs exactly as before the regulariser was attached."""
-        for h in self._handles:
-            h.remove()
-        for capture in self._projections.values():
-            capture.remove()
-        self._handles, self._projections = [], {}
-        self._captured, self._pending = {}, {}
+        self._site.close()
 
     @property
     def active(self) -> bool:
-        return bool(self._handles or self._projections)
+        return self._site.active
 
     def __enter__(self) -> "SRRRegularizer":
         return self
@@ -243,3 +176,110 @@ class SRRRegularizer(nn.Module):
         return (f"layers={self.labels}, site={self.site!r}, weight={self.weight}, eps={self.eps}, lam={self.lam}, "
                 f"scope={self.scope!r}, "
                 f"detach_input={self.detach_input}, policy={type(self.policy).__name__}")
+
+
+def _not_captured(missing: list[str], what: str) -> RuntimeError:
+    return RuntimeError(f"no {what} captured for layers {missing} since the last call: run the model's forward "
+                        f"pass (with the hooks attached, i.e. before close()) before calling the regulariser")
+
+
+class _OutputSite:
+    """``site="output"``: the layer outputs Z^{ℓ+1} through forward hooks (detached inputs for HU24's form),
+    R, R^c and ‖Z‖₀ from the tokens with the subspaces of the regulariser's policy."""
+
+    def __init__(self, reg: SRRRegularizer, model: nn.Module, modules: list[nn.Module]):
+        self.reg = reg
+        reg.policy.bind(model, modules)
+        self.captured: dict[str, Tensor] = {}
+        self.pending: dict[str, tuple[Tensor, Tensor]] = {}
+        self.handles = []
+        for site, module in zip(reg.sites, modules):
+            if reg.detach_input:
+                self.handles.append(module.register_forward_pre_hook(self._detach_hook(site.label)))
+            self.handles.append(module.register_forward_hook(self._output_hook(site.label)))
+
+    def _detach_hook(self, label: str):
+        def hook(module, args):
+            z = args[0]
+            if not (torch.is_grad_enabled() and isinstance(z, Tensor) and z.requires_grad):
+                return None
+            z_detached = z.detach().requires_grad_()
+            self.pending[label] = (z, z_detached)
+            return (z_detached, *args[1:])
+        return hook
+
+    def _output_hook(self, label: str):
+        def hook(module, args, output):
+            pending = self.pending.pop(label, None)
+            self.captured[label] = to_tokens(output)
+            if pending is not None:
+                return _Reconnect.apply(output, *pending)
+            return None
+        return hook
+
+    def _features(self, Z: Tensor) -> Tensor:
+        reg = self.reg
+        if reg.scope == "sample":
+            return Z
+        if callable(reg.pool):
+            return reg.pool(Z)  # (B, d)
+        return Z[:, 0] if reg.pool == "cls" else Z.mean(1)  # (B, d)
+
+    def terms(self, targets: Tensor | None) -> dict[str, SRRTerms]:
+        reg = self.reg
+        missing = [label for label in reg.labels if label not in self.captured]
+        if missing:
+            raise _not_captured(missing, "tokens")
+        tokens = [self._features(self.captured.pop(label)) for label in reg.labels]
+        if reg.policy.needs_fit:
+            reg.policy.fit([t if t.ndim == 3 else t.unsqueeze(1) for t in tokens], targets)  # a row is a sample
+        out = {}
+        for i, (label, Z) in enumerate(zip(reg.labels, tokens)):
+            reg._warn_if_degenerate(label, Z)
+            U = check_policy_subspaces(reg.policy.subspaces(i), Z.shape[-1], label)
+            if reg.scope == "sample":
+                out[label] = mean_terms(sample_terms(Z, U, eps=reg.eps, lam=reg.lam), reg.group)
+            else:
+                out[label] = batch_terms(Z, U, eps=reg.eps, lam=reg.lam, group=reg.group)
+        return out
+
+    @property
+    def active(self) -> bool:
+        return bool(self.handles)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.captured, self.pending = [], {}, {}
+
+
+class _ProjectionSite:
+    """``site="projection"``: μ_SRR (E4) of X = LN₁(Z^ℓ), the parts from the model's own ``A = X U^ℓ``
+    (srr/measurement/projection.py); every layer is checked before any is hooked."""
+
+    def __init__(self, reg: SRRRegularizer, model: nn.Module, modules: list[nn.Module]):
+        self.reg = reg
+        for site, module in zip(reg.sites, modules):
+            projection_mssa(module, site.label)
+        self.captures = {s.label: ProjectionCapture(m, s.label, detach=reg.detach_input)
+                         for s, m in zip(reg.sites, modules)}
+
+    def terms(self, targets: Tensor | None) -> dict[str, SRRTerms]:
+        reg = self.reg
+        missing = [label for label, c in self.captures.items() if not c.captured]
+        if missing:
+            raise _not_captured(missing, "projection")
+        out = {}
+        for label, capture in self.captures.items():
+            X, A = capture.tokens()
+            out[label] = mean_terms(projection_terms(X, A, capture.mssa.heads, eps=reg.eps, lam=reg.lam), reg.group)
+        return out
+
+    @property
+    def active(self) -> bool:
+        return bool(self.captures)
+
+    def close(self) -> None:
+        for capture in self.captures.values():
+            capture.remove()
+        self.captures = {}

@@ -18,7 +18,20 @@ from pathlib import Path
 __all__ = ["Measurement", "MeasurementRow", "SITES"]
 
 # CRATE token sites of layer ℓ, in forward order: Z^ℓ (the MSSA input), Z^{ℓ+½}, Z^{ℓ+1}.
-SITES = ("mssa_in", "half", "out")
+SITES = ("in", "half", "out")
+# "mssa_in" was the first site's name, but the MSSA sees LN₁(Zℓ) (LayerTokens.mssa_input), not Zℓ: "in" now.
+OLD_SITE_NAMES = {"mssa_in": "in"}
+
+
+def site_name(site: str) -> str:
+    """``site`` under its current name (an old name warns once per call site)."""
+    if site in OLD_SITE_NAMES:
+        import warnings
+
+        warnings.warn(f"site {site!r} is now {OLD_SITE_NAMES[site]!r} (it is Z^l, the block input, not the MSSA "
+                      f"input LN1(Z^l))", DeprecationWarning, stacklevel=3)
+        return OLD_SITE_NAMES[site]
+    return site
 
 
 @dataclass(frozen=True)
@@ -26,7 +39,7 @@ class MeasurementRow:
     """One layer and site, values averaged over samples."""
 
     layer: int  # ℓ
-    site: str  # "mssa_in" (Z^ℓ), "half" (Z^{ℓ+½}), "out" (Z^{ℓ+1}); for other models "out"
+    site: str  # "in" (Z^ℓ), "half" (Z^{ℓ+½}), "out" (Z^{ℓ+1}); for other models "out"
     module: str  # the module the tokens were read from
     R: float  # (E1) coding rate
     Rc: float  # (E2) compressed coding rate
@@ -65,6 +78,7 @@ class Measurement(Sequence):
 
     def select(self, site: str) -> list[MeasurementRow]:
         """The rows of one site, in layer order."""
+        site = site_name(site)
         rows = [r for r in self.rows if r.site == site]
         if not rows:
             raise ValueError(f"site must be one of {self.sites}, got {site!r}")
@@ -151,7 +165,7 @@ class Measurement(Sequence):
                   "l1": r"$\|Z\|_1$", "l0": r"$\|Z\|_0$"}
         units = {"Rc": "nats", "R": "nats", "dR": "nats", "srr": "λ‖Z‖₀ + Rᶜ − R", "zero_fraction": "fraction",
                  "l1": "sum of |z|", "l0": "count"}
-        explained = {"mssa_in": r"mssa_in: $Z^\ell$, the layer's input", "half": r"half: $Z^{\ell+1/2}$, after MSSA",
+        explained = {"in": r"in: $Z^\ell$, the layer's input", "half": r"half: $Z^{\ell+1/2}$, after MSSA",
                      "out": r"out: $Z^{\ell+1}$, after ISTA"}
         fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
         for ax, name in zip(axes[0], columns):

@@ -60,8 +60,8 @@ def to_tokens(value: Tensor) -> Tensor:
 
 
 def is_crate(model: nn.Module) -> bool:
-    """A CRATE model in the sense of ``srr.models``: ``blocks()``, ``forward_intermediates``, ``layer_subspaces()``."""
-    return all(callable(getattr(model, a, None)) for a in ("blocks", "forward_intermediates", "layer_subspaces"))
+    """A CRATE model in the sense of ``srr.models``: ``blocks()``, ``forward_layer_tokens``, ``layer_subspaces()``."""
+    return all(callable(getattr(model, a, None)) for a in ("blocks", "forward_layer_tokens", "layer_subspaces"))
 
 
 def _module_names(model: nn.Module) -> dict[int, str]:

@@ -57,6 +57,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return dict(obj)
 
 
+def check_version(obj: dict, source: str) -> None:
+    """An srr checkpoint of another format version is a :class:`CheckpointError` naming both versions."""
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{source} has format version {obj.get('version')!r}; this srr reads version {VERSION}")
+
+
 def is_srr_checkpoint(obj: Mapping) -> bool:
     return obj.get("format") == FORMAT
 
@@ -159,9 +165,7 @@ def create_from_checkpoint(path: str | os.PathLike, *, name: str | None, build: 
     obj = read_checkpoint(path)
     source = f"checkpoint {str(path)!r}"
     if is_srr_checkpoint(obj):
-        if obj.get("version") != VERSION:
-            raise CheckpointError(f"{source} has format version {obj.get('version')!r}; this srr reads version "
-                                  f"{VERSION}")
+        check_version(obj, source)
         try:
             config = CRATEConfig.from_dict(obj["config"])
         except (KeyError, TypeError, ValueError) as e:

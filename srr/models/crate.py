@@ -5,6 +5,7 @@ Details (equations, costs, conventions): ``docs/guide-layers.md``, section ``srr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ class CRATE(nn.Module):
         )
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.num_patches + 1, d))  # public: randn, std 1
         self.cls_token = nn.Parameter(torch.randn(1, 1, d))
-        self.dropout = nn.Dropout(cfg.emb_dropout)
+        self.emb_dropout = nn.Dropout(cfg.emb_dropout)  # after the position embedding (not MSSA's dropout)
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.transformer = Transformer([build_block(cfg, drop_path=r) for r in rates])
         self.mlp_head = nn.Sequential(nn.LayerNorm(d), self._classifier(cfg.num_classes))
@@ -143,7 +144,7 @@ class CRATE(nn.Module):
         tokens = self.to_patch_embedding(x)  # (B, n, d)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, d)
         z = torch.cat((cls, tokens), dim=1) + self.pos_embedding  # (B, 1 + n, d)
-        return self.dropout(z)
+        return self.emb_dropout(z)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Z^L, the last layer's tokens: ``(B, C, H, W) -> (B, 1 + num_patches, d)``."""
@@ -158,7 +159,21 @@ class CRATE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
         return self.forward_head(self.forward_features(x))
 
+    @property
+    def dropout(self) -> nn.Dropout:
+        """Deprecated name of :attr:`emb_dropout` (it is the embedding dropout, not MSSA's ``config.dropout``)."""
+        warnings.warn("CRATE.dropout is the embedding dropout; use CRATE.emb_dropout", DeprecationWarning,
+                      stacklevel=2)
+        return self.emb_dropout
+
     def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[LayerTokens]]:
+        """Deprecated name of :meth:`forward_layer_tokens`: timm's ``forward_intermediates`` has another
+        contract (indices, feature maps), which this method never had."""
+        warnings.warn("CRATE.forward_intermediates is not timm's; use CRATE.forward_layer_tokens", DeprecationWarning,
+                      stacklevel=2)
+        return self.forward_layer_tokens(x)
+
+    def forward_layer_tokens(self, x: Tensor) -> tuple[Tensor, list[LayerTokens]]:
         """Logits and every layer's :class:`LayerTokens`, from one pass (same values as ``forward``)."""
         z = self.embed(x)
         layers = []

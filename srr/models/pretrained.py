@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from srr.models.checkpoints import (FORMAT, VERSION, CheckpointError, is_srr_checkpoint, load_state_dict_strict,
-                                    read_checkpoint, unwrap_state_dict)
+from srr.models.checkpoints import (FORMAT, VERSION, CheckpointError, check_version, is_srr_checkpoint,
+                                    load_state_dict_strict, read_checkpoint, unwrap_state_dict)
 from srr.models.config import CRATEConfig
 
 WEIGHTS = "model.safetensors"
@@ -147,9 +147,7 @@ def read_pretrained(path: str | os.PathLike) -> tuple[dict | None, dict[str, Ten
     obj = read_checkpoint(path)
     source = f"checkpoint {str(path)!r}"
     if is_srr_checkpoint(obj):
-        if obj.get("version") != VERSION:
-            raise CheckpointError(f"{source} has format version {obj.get('version')!r}; this srr reads version "
-                                  f"{VERSION}")
+        check_version(obj, source)
         return obj.get("config"), obj["state_dict"], source
     return None, unwrap_state_dict(obj), source
 

@@ -84,8 +84,9 @@ class TrainBatches:
     """Per-epoch batch streams of this rank's share of ``dataset``.
 
     ``epoch(e, start=k)`` yields the batches of epoch ``e`` from the ``k``-th on (mid-epoch resume).
-    Exact resume holds for in-memory data and ``num_workers=0``; with worker processes it holds
-    at epoch boundaries (worker seeds are a function of ``(seed, epoch)``).
+    Exact resume holds for in-memory data and ``num_workers=0``. With worker processes it is not
+    guaranteed: the loader's generator is reseeded from ``(seed, epoch)`` (not the rank) each epoch, but
+    persistent workers keep the seeds they were started with, so only the first epoch's draws follow it.
     """
 
     def __init__(

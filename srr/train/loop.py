@@ -17,6 +17,8 @@ A non-finite loss or gradient stops the run before the update, naming the step.
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -39,7 +41,7 @@ from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast, evaluate
 from .fsdp import ShardedModel
 from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_signals
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, warmup_note
 from .plots import plot_curves
 from .report import Reporter
 from .resume import RESUMABLE, RUN_CONTROL, check_resume, resumable_changes  # noqa: F401 (re-exported)
@@ -71,9 +73,10 @@ class RunResult:
     model_images_per_s: float  # forward + backward + update alone (rank 0)
     metrics: list[dict] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
+    already_complete: bool = False  # a resumed run that had trained all its epochs: nothing was done or written
 
     def summary(self) -> dict:
-        skip = {"model", "metrics", "config"}
+        skip = {"model", "metrics", "config", "already_complete"}
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         out["run_dir"] = str(self.run_dir)
         out["plots"] = [str(p) for p in self.plots]
@@ -167,6 +170,7 @@ class _Trainer:
         self.best_val, self.best_epoch = None, None
         self.sums = EpochSums()
         self.rows: list[dict] = []
+        self.step_losses: list[tuple[float, float]] = []  # (epochs reached, loss) of each step of this process
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         else:
@@ -255,7 +259,9 @@ class _Trainer:
         else:  # a new world size: fresh but reproducible draws
             seed_everything(self.config.seed + self.env.rank + 1000 * self.global_step)
         if self.env.is_main:
-            self.rows = self.run_dir.truncate_metrics(last_epoch=self.epoch)
+            complete = self.epoch >= self.config.epochs and not self.batch_in_epoch  # run() changes nothing then
+            self.rows = (self.run_dir.read_metrics() if complete
+                         else self.run_dir.truncate_metrics(last_epoch=self.epoch))
 
     def _save(self, *, best: bool = False) -> None:
         """Write ``latest.pt`` (and ``best.pt``): collective under DDP (it gathers every rank's RNG)."""
@@ -285,6 +291,12 @@ class _Trainer:
     def run(self) -> RunResult:
         config = self.config
         steps_per_epoch = len(self.batches)
+        if self.checkpoint is not None and self.epoch >= config.epochs and self.batch_in_epoch == 0:
+            return self._complete()
+        self._header()
+        note = warmup_note(config, steps_per_epoch=steps_per_epoch)
+        if note and self.checkpoint is None and self.env.is_main:  # a resumed run has its schedule already
+            logging.getLogger("srr").info(note)
         reporter = Reporter(self.console, total_steps=config.epochs * steps_per_epoch,
                             done_steps=self.global_step, epochs=config.epochs)
         if self.checkpoint is not None:
@@ -345,6 +357,7 @@ class _Trainer:
             s.fetch_s += fetched - fetch_start
             s.model_s += now - fetched
             reporter.step(epoch=self.epoch + 1, loss=loss_value)
+            self.step_losses.append((self.epoch + self.batch_in_epoch / len(self.batches), loss_value))
             if self.callbacks:
                 scalars = {"step": self.global_step, "epoch": self.epoch + 1, "loss": loss_value,
                            "cross_entropy": ce.item(), "srr_reg": reg.item() if reg is not None else None,
@@ -426,12 +439,51 @@ class _Trainer:
         self.sums = EpochSums()
         self._save(best=improved)
 
+    def _complete(self) -> RunResult:
+        """A resumed run that has trained all its epochs: say so and change nothing (no training, no
+        evaluation, the summary and plots as they were)."""
+        if self.console is not None:
+            self.console.print(f"the run in {self.run_dir.root} is complete ({self.epoch}/{self.config.epochs} "
+                               f"epochs, step {self.global_step}); nothing to do (pass a larger --epochs to train "
+                               f"on)", highlight=False)
+        summary = {}
+        if self.env.is_main and self.run_dir.summary.is_file():
+            summary = json.loads(self.run_dir.summary.read_text())
+        summary = D.broadcast_object(self.env, summary)
+        keep = {f.name for f in fields(RunResult)} - {"run_dir", "config", "model", "metrics", "plots",
+                                                      "already_complete"}
+        values = {k: summary.get(k) for k in keep}
+        values.update(epochs=self.epoch, global_step=self.global_step, srr_per_layer=values["srr_per_layer"] or [])
+        for key in ("test_loss", "test_accuracy", "train_time_s", "train_images_per_s", "loader_images_per_s",
+                    "model_images_per_s"):
+            values[key] = float("nan") if values[key] is None else values[key]
+        return RunResult(run_dir=self.run_dir.root, config=self.config, model=self.model, metrics=list(self.rows),
+                         plots=[Path(p) for p in summary.get("plots", [])], already_complete=True, **values)
+
+    def _header(self) -> None:
+        """One line before the first epoch: what trains on what, where, and how much of it."""
+        if self.console is None:
+            return
+        config, data, env = self.config, self.data, self.env
+        parameters = sum(p.numel() for p in self.model.parameters())
+        c = self.model.config
+        tokens = c.num_patches + 1  # the patches and CLS
+        sizes = f"{len(data.train):,} train / {len(data.val) if data.val is not None else 0:,} val / " \
+                f"{len(data.test):,} test images"
+        batch = config.batch_size * env.world_size
+        device = f"{env.device}" + (f" × {env.world_size} processes" if env.world_size > 1 else "")
+        self.console.print(
+            f"srr train: {config.model} ({c.variant}, {parameters:,} parameters) on {config.dataset} "
+            f"({sizes}, {c.image_size}×{c.image_size}, {tokens} tokens per image), {device}, effective batch "
+            f"{batch} ({len(self.batches)} steps per epoch, {config.epochs} epoch{'s' if config.epochs != 1 else ''})",
+            highlight=False)
+
     # ----- the end ----------------------------------------------------------------------------
     def _finish_plots(self) -> list[Path]:
         if not self.env.is_main or not self.rows:
             return []
         self.run_dir.plots.mkdir(parents=True, exist_ok=True)
-        plots = [plot_curves(self.rows, self.run_dir.plots / "curves.png")]
+        plots = [plot_curves(self.rows, self.run_dir.plots / "curves.png", steps=self.step_losses)]
         for callback in self.callbacks:
             plots += callback.on_plots(self, self.rows)
         return plots

@@ -24,7 +24,29 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     raise ValueError(f"optimizer must be one of adamw, adam, sgd, got {config.optimizer!r}")
 
 
+def warmup_steps(config: TrainConfig, *, steps_per_epoch: int) -> int:
+    """The warm-up in optimiser steps. A warm-up that would cover the whole run (``--epochs 1`` with the
+    default 2 epochs of it) would end the run at peak rate, never decaying: it is cut to a tenth of the
+    run instead (:func:`warmup_note` says so)."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup * steps_per_epoch)
+    if warmup >= total and total > 1:
+        return max(1, total // 10)
+    return min(warmup, total)
+
+
+def warmup_note(config: TrainConfig, *, steps_per_epoch: int) -> str | None:
+    """One line when :func:`warmup_steps` cut the warm-up; None otherwise."""
+    total = config.epochs * steps_per_epoch
+    steps = warmup_steps(config, steps_per_epoch=steps_per_epoch)
+    if steps == min(round(config.warmup * steps_per_epoch), total):
+        return None
+    return (f"--warmup {config.warmup:g} epochs would cover the whole {config.epochs}-epoch run (it would end at the "
+            f"peak learning rate); warming up for {steps} of its {total} steps instead (pass a --warmup below "
+            f"--epochs to choose)")
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int) -> WarmupCosine:
     total = config.epochs * steps_per_epoch
-    warmup = min(round(config.warmup * steps_per_epoch), total)
+    warmup = warmup_steps(config, steps_per_epoch=steps_per_epoch)
     return WarmupCosine(optimizer, total_steps=total, warmup_steps=warmup, min_lr=min(config.min_lr, config.lr))

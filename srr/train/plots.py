@@ -13,19 +13,28 @@ def _pyplot():
     return plt
 
 
-def plot_curves(rows: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and val) side by side."""
+def plot_curves(rows: list[dict], path: Path, steps: list[tuple[float, float]] | None = None) -> Path:
+    """Loss and accuracy against the epoch (train and val) side by side; ``steps``, ``(epoch reached, loss)``
+    of each optimiser step, adds the per-step training loss, so that a short run is a curve, not two dots.
+    Epoch ticks are integers."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    if steps:
+        ax_loss.plot([e for e, _ in steps], [v for _, v in steps], lw=0.8, alpha=0.6, color="tab:gray",
+                     label="train, per step (loss with the SRR term)")
     labels = {"train": "train (label smoothing, augmentation)", "val": "val"}
     for split in ("train", "val"):
         if any(f"{split}_loss" in r for r in rows):
-            ax_loss.plot(epochs, [r.get(f"{split}_loss") for r in rows], marker=".", label=labels[split])
-            ax_acc.plot(epochs, [r.get(f"{split}_accuracy") for r in rows], marker=".", label=labels[split])
+            ax_loss.plot(epochs, [r.get(f"{split}_loss") for r in rows], marker="o", label=labels[split])
+            ax_acc.plot(epochs, [r.get(f"{split}_accuracy") for r in rows], marker="o", label=labels[split])
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(left=0 if steps else None)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
