@@ -162,7 +162,7 @@ def test_model_eps_reaches_the_model_and_is_recorded_in_the_run_config():
 
 def test_top_level_help_lists_every_command():
     commands = [c.name for c in app.registered_commands]  # every command, read from the app itself
-    assert set(commands) == {"train", "eval", "measure", "derive", "models", "bench", "attention"}
+    assert set(commands) == {"train", "eval", "measure", "derive", "models", "bench", "attention", "recipes"}
     result = run("--help")
     for command in commands:
         assert command in result.stdout

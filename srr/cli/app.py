@@ -19,6 +19,7 @@ from .errors import FAILED, USAGE, fail
 from .evaluate import eval_command
 from .measure import measure_command
 from .models import models_command
+from .recipes import recipes_command
 from .train import train
 
 
@@ -90,6 +91,7 @@ app.command("eval")(eval_command)
 app.command("measure")(measure_command)
 app.command("derive", context_settings={"ignore_unknown_options": True})(derive_command)  # "-R(...)" is an objective
 app.command("models")(models_command)
+app.command("recipes")(recipes_command)
 app.command("bench")(bench_command)
 app.command("attention")(attention_command)
 

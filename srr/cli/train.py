@@ -31,6 +31,19 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
         raise fail(f"unknown variant {variant!r}; valid variants: {', '.join(list_variants())}", USAGE)
 
 
+def with_recipe(options, name: str, given: set[str], console):
+    """``options`` with recipe ``name``'s settings for every option not given on the command line; the
+    recipe's settings of fields this build lacks are named on the console, never silently claimed."""
+    from srr.train.recipes import apply_recipe, skipped_settings
+
+    config = apply_recipe(options, name, explicit=given)
+    skipped = skipped_settings(name)
+    if skipped and console is not None:
+        listed = ", ".join(f"{k}={v}" for k, v in skipped.items())
+        console.print(f"recipe {name}: not applied (this build has no such options): {listed}", highlight=False)
+    return config
+
+
 def summary_table(result) -> Table:
     config = result.config
     table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
@@ -38,6 +51,8 @@ def summary_table(result) -> Table:
     table.add_column("value", justify="right", no_wrap=True)
     table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
     table.add_row("test loss", f"{result.test_loss:.4f}")
+    if result.test_accuracy_ema is not None:
+        table.add_row("test accuracy (EMA)", f"{result.test_accuracy_ema:.2%}")
     if result.best_val_accuracy is not None:
         table.add_row("best val accuracy", f"{result.best_val_accuracy:.2%} (epoch {result.best_epoch})")
     if result.srr_per_layer:
@@ -122,12 +137,15 @@ def train(
     console = stdout() if is_rank_zero() else None
     with user_errors(USAGE), named_options():
         config_values = config_fields(TrainConfig, OPTIONS, parsed)
-        resume, out = config_values["resume"], parsed["out"]
-        if not resume:
+        resume, out, recipe = config_values["resume"], parsed["out"], config_values["recipe"]
+        if not resume and recipe is None:
             check_names(model=config_values["model"], dataset=config_values["dataset"],
                         variant=config_values["variant"])
         config_values["init_from"] = check_weights(config_values["init_from"], "--init-from")
         options = TrainConfig(**{**config_values, "resume": False})
+        if recipe is not None and not resume:  # the recipe fills every option not typed
+            options = with_recipe(options, recipe, given_fields(ctx), console)
+            check_names(model=options.model, dataset=options.dataset, variant=options.variant)
         if resume:
             if out is None:
                 raise fail("--resume needs --out RUN_DIR, the folder of the run to continue", USAGE)

@@ -28,7 +28,8 @@ class Callback:
         pass
 
     def on_step_end(self, trainer, scalars: dict) -> None:
-        """``scalars``: step, epoch, loss, cross_entropy, srr_reg (None without regulariser), lr,
+        """Every ``log_every`` optimiser steps (reading the scalars is a host sync, kept off the other steps).
+        ``scalars``: step, epoch, loss, cross_entropy, srr_reg (None without regulariser), lr,
         grad_norm, images_per_s."""
 
     def on_epoch_metrics(self, trainer, row: dict) -> None:

@@ -12,6 +12,7 @@ training state under ``extra``:
 - ``sharded`` (``--fsdp`` runs only): the folder under ``checkpoints/sharded`` holding the model and
   optimiser shards (srr/train/sharded_checkpoint.py); ``optimizer`` is then None and ``state_dict`` the
   gathered model, for readers without FSDP.
+- ``ema`` (runs with ``ema_decay``): the EMA weights and their step count (srr/train/ema.py).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from srr.models.checkpoints import CheckpointError, umask_mode
 
 def save_training_checkpoint(
     path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, progress: dict,
-    rng: list[dict], train_config: dict, sharded: str | None = None,
+    rng: list[dict], train_config: dict, sharded: str | None = None, ema: dict | None = None,
 ) -> Path:
     extra = {
         "progress": dict(progress),
@@ -40,6 +41,8 @@ def save_training_checkpoint(
     }
     if sharded is not None:
         extra["sharded"] = sharded
+    if ema is not None:
+        extra["ema"] = ema
     return save_checkpoint(model, path, extra=extra)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from srr._checks import check_choice, check_eps, check_int, check_lam, check_nonnegative, check_number, check_positive
 from srr._config import ConfigBase
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion")
+LR_SCALINGS = ("none", "linear", "sqrt")  # rule relating --lr to the global batch (base 256)
 # A field's command-line name where it is not ``--field-name`` (errors and resume messages name what users type).
 OPTION_NAMES = {"num_workers": "--workers"}
 
@@ -58,11 +59,19 @@ class TrainConfig(ConfigBase):
     min_lr: float = 1e-5  # floor of the cosine schedule
     weight_decay: float = 0.05  # applied to weight matrices only
     warmup: float = 2.0  # epochs of linear warm-up (fractions allowed)
-    optimizer: str = "adamw"  # adamw, adam or sgd
+    optimizer: str = "adamw"  # adamw, adam, sgd or lion (YU23's; timm.optim.Lion)
     momentum: float = 0.9  # sgd only
     label_smoothing: float = 0.1  # label smoothing of the cross-entropy
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
     layer_decay: float | None = None  # layer-wise lr decay in (0, 1] (layer ℓ of L: lr·decay^(L−ℓ)); None: off
+    # optimisation at scale (srr/train/loop.py, docs/guide-scale.md)
+    ema_decay: float | None = None  # EMA of the weights with this decay D in [0, 1), evaluated beside them; None: off
+    ema_warmup: bool = True  # EMA decay min(D, 1 − t^(−2/3)) at optimiser step t (timm ModelEmaV3's warm-up)
+    grad_accum: int = 1  # micro-batches of --batch-size per optimiser step (the loss of K·B images)
+    global_batch: int | None = None  # images per optimiser step over all ranks; sets grad_accum = G / (B · world)
+    lr_scaling: str = "none"  # none, linear (lr·G/256) or sqrt (lr·√(G/256)), G the global batch
+    betas: str | None = None  # "β1,β2" of adam, adamw and lion, e.g. "0.9,0.95"; None: the optimiser's own
+    recipe: str | None = None  # the named recipe (srr recipes) whose settings this run started from; a record
     # SRR regularisation (MATH.md §6)
     srr_weight: float = 1e-3  # η_reg; 0 disables the regulariser
     srr_layers: str = "last"  # "last", "all" or comma-separated layer indices, e.g. "0,3"
@@ -82,7 +91,7 @@ class TrainConfig(ConfigBase):
     deterministic: bool = True  # torch.use_deterministic_algorithms (exact resume)
     threads: int | None = None  # intra-op CPU threads during the run; None: torch's default
     logger: str | None = None  # per-step scalars: "jsonl" (log.jsonl), "csv" (steps.csv, epochs.csv), "tensorboard"
-    log_every: int = 10  # optimiser steps between two per-step records of the logger
+    log_every: int = 10  # optimiser steps between two per-step records of the logger, progress updates and NaN checks
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", minimum=1)
@@ -118,6 +127,14 @@ class TrainConfig(ConfigBase):
         if self.layer_decay is not None:
             check_number(self.layer_decay, "layer_decay", low=0, high=1, low_open=True)
         check_choice(self.optimizer, "optimizer", OPTIMIZERS)
+        check_int(self.grad_accum, "grad_accum", minimum=1)
+        if self.global_batch is not None:
+            check_int(self.global_batch, "global_batch", minimum=1)
+        check_choice(self.lr_scaling, "lr_scaling", LR_SCALINGS)
+        if self.ema_decay is not None:
+            check_number(self.ema_decay, "ema_decay", low=0, high=1, high_open=True)
+        if self.betas is not None:
+            parse_betas(self.betas)
         parse_layers(self.srr_layers)
         if self.fsdp_mixed and not self.fsdp:
             raise ValueError("--fsdp-mixed sets the precision of --fsdp's sharded parameters; it needs --fsdp")
@@ -168,3 +185,13 @@ def parse_layers(text: str) -> str | list[int]:
         raise ValueError(f"srr_layers must be 'last', 'all' or comma-separated layer indices like '0,3', got {text!r}")
     return layers
 
+
+def parse_betas(text: str) -> tuple[float, float]:
+    """``(β1, β2)`` from ``"0.9,0.95"``, each in [0, 1)."""
+    try:
+        betas = tuple(float(part) for part in text.split(","))
+    except (AttributeError, ValueError):
+        betas = ()
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1) separated by a comma, like '0.9,0.95', got {text!r}")
+    return betas

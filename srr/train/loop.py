@@ -1,22 +1,42 @@
 """``train(config) -> RunResult``: the training loop behind ``srr train``.
 
 Loss per step (HU24 §6, MATH.md §6): label-smoothed cross-entropy plus, when ``srr_weight > 0``,
-``η_reg · mean_{ℓ∈S} μ_SRR`` of the chosen layers on the (global) batch. AdamW/Adam/SGD with
+``η_reg · mean_{ℓ∈S} μ_SRR`` of the chosen layers on the (global) batch. AdamW/Adam/SGD/Lion with
 linear warm-up and cosine decay, gradient clipping, optional bfloat16 autocast and
 ``torch.compile``. Under ``torchrun``: DistributedDataParallel, each rank a strided share of one
-shared permutation per epoch, rank-0-only output, checkpoints and evaluation. ``--fsdp``: FSDP2 instead of
-DDP (srr/train/fsdp.py), sharded checkpoints through ``torch.distributed.checkpoint``
-(srr/train/sharded_checkpoint.py), evaluation and measurement on the gathered replica.
+shared permutation per epoch, rank-0-only output and checkpoints; evaluation on every rank, each
+scoring its shard (srr/train/evaluate.py). ``--fsdp``: FSDP2 instead of DDP (srr/train/fsdp.py), sharded
+checkpoints through ``torch.distributed.checkpoint`` (srr/train/sharded_checkpoint.py), evaluation and
+measurement on the gathered replica (every rank holds one and scores its shard).
+
+Gradient accumulation (``grad_accum = K``, or derived from ``global_batch``): one optimiser step
+runs K micro-steps of ``batch_size`` images; micro-step i's loss is weighted ``b_i / N`` (its images
+over the step's), so the summed gradient is that of the mean loss over the step's K·B images — the
+gradient of one batch of K·B. Under DDP the non-final micro-steps run in ``no_sync()`` (one gradient
+all-reduce per optimiser step). The regulariser's μ_SRR is per sample (a mean over the global batch of
+each image's own tokens), so its accumulated gradient is that of the K·B batch too; each micro-step's
+global statistics are over ``batch_size · world_size`` images. The schedule, ``global_step``,
+``checkpoint_every``, ``log_every`` and the EMA count optimiser steps.
+
+Host syncs: the per-step loss, accuracy and regulariser sums stay on the device; the host reads them
+every ``log_every`` optimiser steps (progress bar, callbacks' ``on_step_end``), at checkpoints and at
+epoch ends. The NaN guard rides on the same cadence: a non-finite loss or gradient norm is recorded on
+the device when it happens and raised at the next check, so it is detected at most ``log_every``
+steps late (the error names the first bad step) and always before a checkpoint is written: no saved
+checkpoint holds the weights of a non-finite step. A SIGTERM / Ctrl-C is honoured at the next step in
+a single process, at the next check under DDP (where the ranks must agree).
 
 Runs lose nothing: the run folder (srr/train/run_dir.py) gets ``config.json`` at the start, one
 ``metrics.jsonl`` row and an atomic ``checkpoints/latest.pt`` per epoch (and every
 ``checkpoint_every`` steps), ``best.pt`` on each new best validation accuracy, plots and
 ``summary.json`` at the end. ``resume=True`` restores model, optimiser, scheduler, RNG and
 data position, so the resumed run ends with the weights the uninterrupted one would have had.
-A non-finite loss or gradient stops the run before the update, naming the step.
+With ``ema_decay``, an EMA of the weights (srr/train/ema.py) is evaluated beside them each epoch and
+at the end (``*_ema`` keys) and saved in every checkpoint (``extra["ema"]``), and restored on resume.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,11 +57,12 @@ from .callbacks import Callback, default_callbacks
 from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
 from .data import RunData, TrainBatches, load_run_data
+from .ema import ModelEMA
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast, evaluate
 from .fsdp import ShardedModel
 from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_signals
-from .optim import build_optimizer, build_schedule, warmup_note
+from .optim import build_optimizer, build_schedule, resolve_grad_accum, scaled_lr, warmup_note
 from .plots import plot_curves
 from .report import Reporter
 from .resume import RESUMABLE, RUN_CONTROL, check_resume, resumable_changes  # noqa: F401 (re-exported)
@@ -74,6 +95,8 @@ class RunResult:
     metrics: list[dict] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
     already_complete: bool = False  # a resumed run that had trained all its epochs: nothing was done or written
+    test_loss_ema: float | None = None  # the EMA weights' (None without ema_decay)
+    test_accuracy_ema: float | None = None
 
     def summary(self) -> dict:
         skip = {"model", "metrics", "config", "already_complete"}
@@ -99,6 +122,17 @@ class EpochSums:
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def fold(self, device_sums: torch.Tensor) -> None:
+        """Add the device-side running sums ``[loss, correct, reg]`` (one host sync) and zero them."""
+        loss, correct, reg = device_sums.tolist()
+        self.loss, self.correct, self.reg = self.loss + loss, self.correct + correct, self.reg + reg
+        device_sums.zero_()
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16 logits (autocast) up to float32 for the loss; float64 ones (the float64 tests) stay."""
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def train(config: TrainConfig, *, console: Console | None = None, callbacks: Sequence[Callback] = (),
@@ -152,23 +186,34 @@ class _Trainer:
             self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
             world_size=env.world_size, num_workers=config.num_workers, pin_memory=env.device.type == "cuda",
         )
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_schedule(self.optimizer, config, steps_per_epoch=len(self.batches))
+        self.grad_accum = resolve_grad_accum(config, world_size=env.world_size)
+        self.global_batch = config.batch_size * env.world_size * self.grad_accum
+        self.lr = scaled_lr(config.lr, rule=config.lr_scaling, global_batch=self.global_batch)
+        self.steps_per_epoch = math.ceil(len(self.batches) / self.grad_accum)  # optimiser steps
+        self.optimizer = build_optimizer(self.model, config, lr=self.lr)
+        self.scheduler = build_schedule(self.optimizer, config, steps_per_epoch=self.steps_per_epoch)
+        # The EMA copy is taken before the regulariser hooks the model, so the copy carries no hooks.
+        self.ema = (ModelEMA(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+                    if config.ema_decay is not None else None)
         self.regularizer = build_regularizer(self.model, config)
         if self.fsdp is not None:
             self.fsdp.keep_gathered(self.regularizer)
         self.forward_model: nn.Module = self.model
+        self.ddp = None
         if env.distributed and self.fsdp is None:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [env.device] if env.device.type == "cuda" else None
-            self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.ddp = self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
         if config.compile:
             self.forward_model = torch.compile(self.forward_model)
 
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.best_val, self.best_epoch = None, None
         self.sums = EpochSums()
+        self.device_sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # Σ loss·b, Σ correct, Σ reg
+        # first non-finite step on this rank: [step, epoch, what (1 CE, 2 loss, 3 grad norm), value]; 0: none
+        self.nonfinite = torch.zeros(4, dtype=torch.float64, device=env.device)
         self.rows: list[dict] = []
         self.step_losses: list[tuple[float, float]] = []  # (epochs reached, loss) of each step of this process
         if self.checkpoint is not None:
@@ -216,6 +261,7 @@ class _Trainer:
         return {
             "model": self.model.config.to_dict(), "device": str(device), "device_name": name,
             "world_size": self.env.world_size, "out": str(self.run_dir.root.resolve()),
+            "grad_accum": self.grad_accum, "global_batch": self.global_batch, "lr": self.lr,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "versions": {"srr": srr_version, "torch": torch.__version__, "python": platform.python_version()},
         }
@@ -240,7 +286,7 @@ class _Trainer:
         schedule, saved = dict(extra["scheduler"]), extra.get("train_config", {})
         changed = resumable_changes(saved, self.config)
         if "epochs" in changed:
-            schedule["total_steps"] = self.config.epochs * len(self.batches)
+            schedule["total_steps"] = self.config.epochs * self.steps_per_epoch
         self.scheduler.load_state_dict(schedule)
         if changed and self.env.is_main:  # applied, and recorded
             self.run_dir.write_config({**self.config.to_dict(), "resolved": self._resolved()})
@@ -249,6 +295,11 @@ class _Trainer:
         self.global_step = int(progress["global_step"])
         self.best_val, self.best_epoch = progress.get("best_val_accuracy"), progress.get("best_epoch")
         self.sums = EpochSums(**progress.get("epoch_sums", {}))
+        if self.ema is not None:
+            if "ema" in extra:
+                self.ema.load_state(extra["ema"])
+            else:  # a checkpoint from before EMA was turned on: start the average here
+                self.ema = ModelEMA(self.model, decay=self.config.ema_decay, warmup=self.config.ema_warmup)
         saved_world = int(progress.get("world_size", 1))
         if saved_world != self.env.world_size and self.batch_in_epoch:
             raise ValueError(f"the checkpoint was written mid-epoch by {saved_world} process(es); resume it with "
@@ -264,7 +315,10 @@ class _Trainer:
                          else self.run_dir.truncate_metrics(last_epoch=self.epoch))
 
     def _save(self, *, best: bool = False) -> None:
-        """Write ``latest.pt`` (and ``best.pt``): collective under DDP (it gathers every rank's RNG)."""
+        """Write ``latest.pt`` (and ``best.pt``): collective under DDP (it gathers every rank's RNG).
+        The NaN guard runs first: a checkpoint never holds the weights of a non-finite step."""
+        self._check_finite()
+        self.sums.fold(self.device_sums)
         rng = D.gather_objects(self.env, capture_rng())
         sharded = None
         if self.fsdp is not None:  # collective: every rank writes its shards, then the replica is gathered
@@ -280,6 +334,7 @@ class _Trainer:
             save_training_checkpoint(
                 self.run_dir.latest, model=self.eval_model, optimizer=self.optimizer, scheduler=self.scheduler,
                 progress=progress, rng=rng, train_config=self.config.to_dict(), sharded=sharded,
+                ema=self.ema.state() if self.ema is not None else None,
             )
             if sharded is not None:
                 prune_sharded(self.run_dir.checkpoints, keep=sharded)
@@ -290,7 +345,7 @@ class _Trainer:
     # ----- training -------------------------------------------------------------------------
     def run(self) -> RunResult:
         config = self.config
-        steps_per_epoch = len(self.batches)
+        steps_per_epoch = self.steps_per_epoch
         if self.checkpoint is not None and self.epoch >= config.epochs and self.batch_in_epoch == 0:
             return self._complete()
         self._header()
@@ -317,52 +372,75 @@ class _Trainer:
         return self._finish()
 
     def _train_epoch(self, reporter: Reporter) -> None:
-        config, device = self.config, self.env.device
+        config, device, accum = self.config, self.env.device, self.grad_accum
         self.forward_model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
+        per_rank, batch, micro_total = self.batches.sampler.num_samples, config.batch_size, len(self.batches)
+        s = self.sums
         epoch_start = time.perf_counter()
         fetch_start = epoch_start
+        step_ce = step_loss = step_reg = None
+        step_start = epoch_start
         for images, labels in self.batches.epoch(self.epoch, start=self.batch_in_epoch):
+            micro = self.batch_in_epoch  # this micro-batch's index in the epoch
+            first, last = micro % accum == 0, micro % accum == accum - 1 or micro == micro_total - 1
+            group_start = micro - micro % accum
+            group_images = min((group_start + accum) * batch, per_rank) - group_start * batch  # N of this step
             images = images.to(device, non_blocking=True)  # (B, C, H, W)
             labels = torch.as_tensor(labels).to(device, non_blocking=True)  # (B,)
+            n = labels.numel()
+            weight = n / group_images  # b_i / N: the K micro-losses sum to the mean over the step's images
             fetched = time.perf_counter()
-            with autocast(device, config.amp):
-                logits = self.forward_model(images)  # (B, classes)
-            ce = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            self._check_finite(ce.item(), "the cross-entropy")
-            loss = ce
-            reg = self.regularizer() if self.regularizer is not None else None
+            if first:
+                self.optimizer.zero_grad(set_to_none=True)
+                step_ce = step_loss = step_reg = torch.zeros((), device=device)
+                step_start = fetch_start
+            sync = self.ddp is None or last
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast(device, config.amp):
+                    logits = self.forward_model(images)  # (B, classes)
+                ce = F.cross_entropy(_at_least_float32(logits), labels, label_smoothing=config.label_smoothing)
+                reg = self.regularizer() if self.regularizer is not None else None
+                loss = ce if reg is None else ce + reg
+                (loss * weight).backward()
+            step_ce = step_ce + ce.detach() * weight
+            step_loss = step_loss + loss.detach() * weight
+            self.device_sums[0] += ce.detach().double() * n
+            self.device_sums[1] += (logits.detach().argmax(-1) == labels).sum()
             if reg is not None:
-                loss = ce + reg
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                self.device_sums[2] += reg.detach().double() * weight
+                step_reg = step_reg + reg.detach() * weight
+            s.images += n
+            self.batch_in_epoch += 1
+            if not last:
+                s.fetch_s += fetched - fetch_start
+                s.model_s += time.perf_counter() - fetched
+                fetch_start = time.perf_counter()
+                continue
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            loss_value, norm_value = loss.item(), grad_norm.item()
-            bad_loss = not math.isfinite(loss_value)
-            what, value = ("the loss", loss_value) if bad_loss else ("the gradient norm", norm_value)
-            stop = self._check_finite(value, what, stop=bool(self.stop))
+            self._record_nonfinite(step_ce, step_loss, grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.global_step += 1
-            self.batch_in_epoch += 1
-            n = labels.numel()
-            s = self.sums
-            s.loss += ce.item() * n
-            s.correct += (logits.argmax(-1) == labels).sum().item()
-            s.images += n
-            s.reg += reg.item() if reg is not None else 0.0
+            if self.ema is not None:
+                self.ema.update(self.model, self.global_step)
             s.steps += 1
             now = time.perf_counter()
             s.fetch_s += fetched - fetch_start
             s.model_s += now - fetched
-            reporter.step(epoch=self.epoch + 1, loss=loss_value)
-            self.step_losses.append((self.epoch + self.batch_in_epoch / len(self.batches), loss_value))
-            if self.callbacks:
+            log_step = self.global_step % config.log_every == 0
+            asked, stop = bool(self.stop), False  # under DDP a stop waits for the next check: ranks must agree
+            if log_step or (asked and self.ddp is None):
+                stop = self._check_finite(stop=asked)  # the only host sync of the step, every log_every steps
+            if log_step:
+                loss_value = step_loss.item()
+                reporter.step(epoch=self.epoch + 1, loss=loss_value, completed=self.global_step)
+                self.step_losses.append((self.epoch + self.batch_in_epoch / len(self.batches), loss_value))
                 scalars = {"step": self.global_step, "epoch": self.epoch + 1, "loss": loss_value,
-                           "cross_entropy": ce.item(), "srr_reg": reg.item() if reg is not None else None,
-                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm_value,
-                           "images_per_s": n / max(now - fetch_start, 1e-9)}
+                           "cross_entropy": step_ce.item(), "srr_reg": step_reg.item() if reg is not None else None,
+                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
+                           "images_per_s": group_images / max(now - step_start, 1e-9)}
                 for callback in self.callbacks:
                     callback.on_step_end(self, scalars)
             if stop:
@@ -377,25 +455,43 @@ class _Trainer:
                 self._save()
                 epoch_start = time.perf_counter()
             fetch_start = time.perf_counter()
+        reporter.step(epoch=self.epoch + 1, completed=self.global_step)
         self.sums.wall_s += time.perf_counter() - epoch_start
 
-    def _check_finite(self, value: float, what: str, *, stop: bool = False) -> bool:
-        """Raise :class:`NonFiniteLossError` if ``value`` is NaN/Inf on any rank; return whether any
+    def _record_nonfinite(self, ce: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Remember (on the device, no sync) the first optimiser step whose cross-entropy, loss or gradient
+        norm is not finite; :meth:`_check_finite` raises it."""
+        bad_ce, bad_loss = ~torch.isfinite(ce), ~torch.isfinite(loss)
+        bad = bad_ce | bad_loss | ~torch.isfinite(grad_norm)
+        what = torch.where(bad_ce, 1.0, torch.where(bad_loss, 2.0, 3.0))
+        value = torch.where(bad_ce, ce, torch.where(bad_loss, loss, grad_norm)).double()
+        at = lambda x: torch.full((), float(x), dtype=torch.float64, device=ce.device)  # noqa: E731 (a fill, no copy)
+        record = torch.stack([at(self.global_step + 1), at(self.epoch + 1), what.double(), value])
+        fresh = bad & (self.nonfinite[0] == 0)
+        self.nonfinite = torch.where(fresh, record, self.nonfinite)
+
+    def _check_finite(self, *, stop: bool = False) -> bool:
+        """Raise :class:`NonFiniteLossError` if any rank recorded a non-finite step; return whether any
         rank was asked to stop (under DDP both are agreed on by one small all-reduce)."""
-        bad = not math.isfinite(value)
+        step, epoch, what, value = self.nonfinite.tolist()
+        bad, mine = step > 0, step > 0
         if self.env.distributed:
             flags = D.all_reduce_sum(self.env, torch.tensor([float(bad), float(stop)], device=self.env.device))
             bad, stop = bool(flags[0] > 0), bool(flags[1] > 0)
         if bad:
+            names = {1: "the cross-entropy", 2: "the loss", 3: "the gradient norm"}
             raise NonFiniteLossError(
-                what=what if not math.isfinite(value) else f"{what} on another rank", value=value,
-                step=self.global_step + 1, epoch=self.epoch + 1,
+                what=names[int(what)] if mine else "the loss on another rank",
+                value=value if mine else math.nan,
+                step=int(step) if mine else self.global_step, epoch=int(epoch) if mine else self.epoch + 1,
                 checkpoint=self.run_dir.latest if self.run_dir.latest.exists() else None,
             )
         return stop
 
     def _end_epoch(self, reporter: Reporter) -> None:
-        config, env, s = self.config, self.env, self.sums
+        env, s = self.env, self.sums
+        self._check_finite()  # before anything of this epoch is recorded
+        s.fold(self.device_sums)
         totals = torch.tensor([s.loss, s.correct, s.images, s.reg, s.steps], dtype=torch.float64)
         totals = D.all_reduce_sum(env, totals.to(env.device)).cpu().tolist()
         loss_sum, correct, images, reg_sum, steps = totals
@@ -408,16 +504,18 @@ class _Trainer:
             "srr_reg": reg_sum / max(steps, 1) if self.regularizer is not None else None,
         }
         improved = False
-        if self.fsdp is not None:  # collective: the replica that rank 0 evaluates and measures
+        if self.fsdp is not None:  # collective: the replica that every rank evaluates and rank 0 measures
             self.fsdp.gather(self.global_step)
+        if self.data.val is not None:  # every rank scores its shard: the same numbers on every rank
+            val = self._evaluate(self.eval_model, self.data.val)
+            row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
+            if self.ema is not None:
+                val_ema = self._evaluate(self.ema.module, self.data.val)
+                row["val_loss_ema"], row["val_accuracy_ema"] = val_ema["loss"], val_ema["accuracy"]
+            improved = self.best_val is None or val["accuracy"] > self.best_val  # best.pt: the raw weights'
+            if improved:
+                self.best_val, self.best_epoch = val["accuracy"], self.epoch + 1
         if env.is_main:
-            if self.data.val is not None:
-                val = evaluate(self.eval_model, self.data.val, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
-                               num_workers=config.num_workers)
-                row["val_loss"], row["val_accuracy"] = val["loss"], val["accuracy"]
-                improved = self.best_val is None or val["accuracy"] > self.best_val
-                if improved:
-                    self.best_val, self.best_epoch = val["accuracy"], self.epoch + 1
             for callback in self.callbacks:
                 callback.on_epoch_metrics(self, row)
             row.update(
@@ -433,11 +531,11 @@ class _Trainer:
             reporter.epoch_done(row)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, row)
-        improved = bool(D.broadcast_object(env, improved))
         self.epoch += 1
         self.batch_in_epoch = 0
         self.sums = EpochSums()
         self._save(best=improved)
+
 
     def _complete(self) -> RunResult:
         """A resumed run that has trained all its epochs: say so and change nothing (no training, no
@@ -475,8 +573,14 @@ class _Trainer:
         self.console.print(
             f"srr train: {config.model} ({c.variant}, {parameters:,} parameters) on {config.dataset} "
             f"({sizes}, {c.image_size}×{c.image_size}, {tokens} tokens per image), {device}, effective batch "
-            f"{batch} ({len(self.batches)} steps per epoch, {config.epochs} epoch{'s' if config.epochs != 1 else ''})",
+            f"{batch * self.grad_accum} ({self.steps_per_epoch} steps per epoch, {config.epochs} "
+            f"epoch{'s' if config.epochs != 1 else ''})",
             highlight=False)
+
+    def _evaluate(self, model: nn.Module, dataset) -> dict:
+        """Loss and accuracy of ``model`` on ``dataset``, each rank scoring its shard (a collective)."""
+        return evaluate(model, dataset, device=self.env.device, batch_size=EVAL_BATCH, amp=self.config.amp,
+                        num_workers=self.config.num_workers, rank=self.env.rank, world_size=self.env.world_size)
 
     # ----- the end ----------------------------------------------------------------------------
     def _finish_plots(self) -> list[Path]:
@@ -493,9 +597,9 @@ class _Trainer:
         summary = None
         if self.fsdp is not None:  # collective; a no-op unless nothing ran since a restore
             self.fsdp.gather(self.global_step)
+        test = self._evaluate(self.eval_model, self.data.test)
+        test_ema = self._evaluate(self.ema.module, self.data.test) if self.ema is not None else {}
         if env.is_main:
-            test = evaluate(self.eval_model, self.data.test, device=env.device, batch_size=EVAL_BATCH, amp=config.amp,
-                            num_workers=config.num_workers)
             rows = self.rows
             total_time = sum(r.get("epoch_time_s", 0.0) for r in rows)
             mean = lambda key: sum(r[key] for r in rows) / len(rows) if rows else float("nan")  # noqa: E731
@@ -509,6 +613,7 @@ class _Trainer:
                 / max(total_time, 1e-9),
                 loader_images_per_s=mean("loader_images_per_s"), model_images_per_s=mean("model_images_per_s"),
                 metrics=list(rows), plots=self._finish_plots(),
+                test_loss_ema=test_ema.get("loss"), test_accuracy_ema=test_ema.get("accuracy"),
             )
             summary = result.summary()
             self.run_dir.write_summary(summary)

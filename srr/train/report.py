@@ -33,9 +33,11 @@ class Reporter:
         if self.progress is not None:
             self.progress.stop()
 
-    def step(self, *, epoch: int, loss: float) -> None:
+    def step(self, *, epoch: int, completed: int, loss: float | None = None) -> None:
+        """Move the bar to ``completed`` optimiser steps (called every ``log_every`` steps: the loss is a host sync)."""
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, epoch=epoch, loss=f"{loss:.4f}")
+            fields = {} if loss is None else {"loss": f"{loss:.4f}"}
+            self.progress.update(self.task, completed=completed, epoch=epoch, **fields)
 
     def epoch_done(self, row: dict) -> None:
         if self.console is None:
