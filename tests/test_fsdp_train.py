@@ -149,7 +149,7 @@ class _LayerDtypes(Callback):
 def test_one_process_fsdp_run_trains_with_mixed_precision(tmp_path):
     dtypes = _LayerDtypes()
     result = train(TrainConfig(out=str(tmp_path / "mixed"), epochs=1, batch_size=32, fsdp=True, fsdp_mixed=True,
-                               **{**COMMON, "measure_samples": 0}), callbacks=[dtypes], defaults=False)
+                               log_every=1, **{**COMMON, "measure_samples": 0}), callbacks=[dtypes], defaults=False)
     assert not dist.is_initialized()
     assert dtypes.seen == {torch.bfloat16}  # bfloat16 parameters in forward
     assert dtypes.shards == dtypes.grads == {torch.float32}  # float32 shards, gradients reduced in float32

@@ -46,7 +46,8 @@ def float32_accumulation():
 
 
 def float64_share(step, device: torch.device) -> dict:
-    """Self time of one call of ``step`` (ms) and the part spent in ops with a float64 input."""
+    """Self time of one call of ``step`` (ms) and the part spent in ops with a float64 tensor input (one of
+    at least one dimension: the profiler lists Python scalar arguments as 0-d "double" inputs)."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -68,7 +69,10 @@ def float64_share(step, device: torch.device) -> dict:
             typed = False
             continue
         total += t
-        if any(dt in ("double", "c10::complex<double>") for dt in dtypes):
+        shapes = getattr(event, "input_shapes", None) or [None] * len(dtypes)
+        # a float64 tensor of at least one dimension: Python scalars (an optimiser's lr, betas) are listed
+        # as "double" inputs of shape [] and are no float64 arithmetic
+        if any(dt in ("double", "c10::complex<double>") and shape != [] for dt, shape in zip(dtypes, shapes)):
             f64 += t
     if not typed and total == 0:
         return {"error": "this torch's profiler events carry no input dtypes"}

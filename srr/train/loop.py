@@ -216,6 +216,7 @@ class _Trainer:
         self.nonfinite = torch.zeros(4, dtype=torch.float64, device=env.device)
         self.rows: list[dict] = []
         self.step_losses: list[tuple[float, float]] = []  # (epochs reached, loss) of each step of this process
+        self.unread_losses: list[tuple[float, torch.Tensor]] = []  # steps since the last host read (device tensors)
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         else:
@@ -429,14 +430,15 @@ class _Trainer:
             now = time.perf_counter()
             s.fetch_s += fetched - fetch_start
             s.model_s += now - fetched
+            self.unread_losses.append((self.epoch + self.batch_in_epoch / len(self.batches), step_loss))
             log_step = self.global_step % config.log_every == 0
             asked, stop = bool(self.stop), False  # under DDP a stop waits for the next check: ranks must agree
             if log_step or (asked and self.ddp is None):
                 stop = self._check_finite(stop=asked)  # the only host sync of the step, every log_every steps
             if log_step:
-                loss_value = step_loss.item()
+                self._read_losses()
+                loss_value = self.step_losses[-1][1]
                 reporter.step(epoch=self.epoch + 1, loss=loss_value, completed=self.global_step)
-                self.step_losses.append((self.epoch + self.batch_in_epoch / len(self.batches), loss_value))
                 scalars = {"step": self.global_step, "epoch": self.epoch + 1, "loss": loss_value,
                            "cross_entropy": step_ce.item(), "srr_reg": step_reg.item() if reg is not None else None,
                            "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
@@ -458,9 +460,19 @@ class _Trainer:
         reporter.step(epoch=self.epoch + 1, completed=self.global_step)
         self.sums.wall_s += time.perf_counter() - epoch_start
 
+    def _read_losses(self) -> None:
+        """Move the losses of the steps since the last read to ``step_losses`` (the per-step curve), in one
+        host sync."""
+        if self.unread_losses:
+            values = torch.stack([loss for _, loss in self.unread_losses]).tolist()
+            self.step_losses += [(at, v) for (at, _), v in zip(self.unread_losses, values)]
+            self.unread_losses = []
+
     def _record_nonfinite(self, ce: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Remember (on the device, no sync) the first optimiser step whose cross-entropy, loss or gradient
         norm is not finite; :meth:`_check_finite` raises it."""
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm is a DTensor (every rank calls this: a collective)
+            grad_norm = grad_norm.full_tensor()
         bad_ce, bad_loss = ~torch.isfinite(ce), ~torch.isfinite(loss)
         bad = bad_ce | bad_loss | ~torch.isfinite(grad_norm)
         what = torch.where(bad_ce, 1.0, torch.where(bad_loss, 2.0, 3.0))
@@ -492,6 +504,7 @@ class _Trainer:
         env, s = self.env, self.sums
         self._check_finite()  # before anything of this epoch is recorded
         s.fold(self.device_sums)
+        self._read_losses()
         totals = torch.tensor([s.loss, s.correct, s.images, s.reg, s.steps], dtype=torch.float64)
         totals = D.all_reduce_sum(env, totals.to(env.device)).cpu().tolist()
         loss_sum, correct, images, reg_sum, steps = totals
