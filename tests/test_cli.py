@@ -135,6 +135,7 @@ def test_imagefolder_wiring(tmp_path):
     ("models", ["PATTERN"]),
     ("bench", ["--quick"]),
     ("attention", ["RUN_OR_CHECKPOINT", "--layer", "--images"]),
+    ("recipes", ["NAME"]),
 ])
 def test_help_texts(command, options):
     result = run(command, "--help")

@@ -4,7 +4,7 @@
   ``ExactCompression``: the exact gradient step on ``R^c`` (E6). ``forward`` returns the update,
   ``step(x) = x + forward(x)``.
 - ``TSSA``: Token Statistics Self-Attention (ToST), a gradient step on R^c_var (E12–E13), O(N).
-- ``ISTA``: sparsification step (E10) with one token-wise matmul (E10'), Triton epilogue on CUDA.
+- ``ISTA``: sparsification step (E10) with one token-wise matmul (E10'); a Triton kernel with ``backend="triton"``.
 - ``OvercompleteISTA``: CRATE-α sparsification (overcomplete D, k steps from 0, decoder D₁).
 - ``check``: any of them against its ``reference`` (the derived step) in float64 → ``CheckReport``.
 
