@@ -218,13 +218,16 @@ def causal_layers() -> list[str]:
     return found
 
 
-def _make(name: str, dim: int, heads: int) -> torch.nn.Module:
+def _make(name: str, dim: int, heads: int, max_tokens: int) -> torch.nn.Module:
     if name.startswith("causal:"):
         import srr.layers
 
         cls = getattr(srr.layers, name.split(":", 1)[1])
         params = inspect.signature(cls).parameters
-        return cls(dim, heads=heads, **({"causal": True} if "causal" in params else {}))
+        extra = {"causal": True} if "causal" in params else {}
+        if "block_size" in params:  # a layer with per-position parameters (ToST's denom_bias) sized for every N
+            extra["block_size"] = max_tokens
+        return cls(dim, heads=heads, **extra)
     return bench_tssa.make_layer(name, dim, heads)
 
 
@@ -269,7 +272,7 @@ def section_tokens(ctx) -> None:
                peak_memory="CUDA max_memory_allocated" if cuda else "null on the CPU (needs a process per point)",
                rows=[])
     torch.manual_seed(0)
-    layers = {n: _make(n, dim, heads).to(device) for n in names}
+    layers = {n: _make(n, dim, heads, max(Ns)).to(device) for n in names}
     dead: dict[tuple[str, str], str] = {}  # (layer, pass) -> why it stopped
     last: dict[tuple[str, str], float] = {}
     for N in Ns:
