@@ -9,6 +9,8 @@ A gradient (or proximal-gradient) step with ``0 < step ≤ 1/L`` on an objective
   it is the bound that matters: for mutually orthogonal orthonormal blocks it is ``β``, not ``Kβ``.
 - (E5) ``R``: the same argument with ``U = I``: ``L ≤ α = d/(Nε²)``.
 - (E11) ``½‖X − Z Dᵀ‖²``: ``L = ‖D‖₂²``; ``(λ/2)‖Z‖²``: ``L = λ``.
+- (E14, E16) causal terms: one bound per position, ``L_t = β_t ‖[U_k]_k‖₂²`` with ``β_t = p/(tε²)``; an
+  objective with a causal term steps each position with its own ``κ_t = 1/L_t`` (a ``(T, 1)`` tensor).
 
 The bounds are computed without gradient (a step size is a hyper-parameter of the step, not a
 function to train through) and returned as Python floats.
@@ -26,7 +28,7 @@ from srr.objective import Objective
 from srr.rates import compression_lipschitz, rate_scale, spectral_norm_squared
 
 __all__ = ["BoundFraction", "auto_step_size", "coding_rate_step_size", "compression_lipschitz",
-           "compression_step_size", "ista_step_size", "lipschitz_bound"]
+           "compression_step_size", "ista_step_size", "lipschitz_bound", "position_lipschitz_bound", "is_causal"]
 
 
 def compression_step_size(U: Tensor, eps, N: int) -> float:
@@ -58,13 +60,37 @@ def lipschitz_bound(objective, Z: Tensor, **params) -> float:
     return total
 
 
-def auto_step_size(objective, Z: Tensor, **params) -> float:
+def is_causal(objective) -> bool:
+    """Whether the smooth part has a causal term (E14, E16): its gradient and step size are per position."""
+    return any(getattr(t, "causal", False) for _, t in Objective.of(objective).smooth_part().terms)
+
+
+def position_lipschitz_bound(objective, Z: Tensor, **params) -> Tensor:
+    """``L_t`` for each of ``Z``'s ``T`` positions, float64 ``(T,)``: ``Σ_i |c_i| L_t(f_i)``, a causal term's
+    own per-position bound (E14, E16), any other term's single bound at every position."""
+    T, d = Z.shape[-2:]
+    total = torch.zeros(T, dtype=torch.float64)
+    for c, term in Objective.of(objective).smooth_part().terms:
+        used = {n: params[n] for n in term.requires if n in params}
+        if getattr(term, "causal", False):
+            total = total + abs(c) * term.lipschitz_per_position(T, d, **used).cpu()
+        else:
+            total = total + abs(c) * term.lipschitz(T, d, **used)
+    return total
+
+
+def auto_step_size(objective, Z: Tensor, **params) -> float | Tensor:
     """``1/L`` with ``L = lipschitz_bound(objective, Z, **params)`` (``inf`` if the smooth part is empty).
 
-    Under ``torch.compile`` a bound computed from parameters (E7, E11) is traced, not a number: no
-    branch on it (``1/L`` is then ``inf`` for ``L = 0`` as well)."""
+    With a causal term (E14, E16) one step size per position, ``κ_t = 1/L_t``, as a ``(T, 1)`` tensor in
+    ``Z``'s dtype that broadcasts over the features. Under ``torch.compile`` a bound computed from
+    parameters (E7, E11) is traced, not a number: no branch on it (``1/L`` is then ``inf`` for ``L = 0``
+    as well)."""
     if not Objective.of(objective).smooth_part().terms:
         return math.inf
+    if is_causal(objective):
+        L = position_lipschitz_bound(objective, Z, **params)
+        return (1.0 / L).to(dtype=Z.dtype, device=Z.device).unsqueeze(-1)  # (T, 1)
     L = lipschitz_bound(objective, Z, **params)
     if torch.compiler.is_compiling():
         return 1.0 / L

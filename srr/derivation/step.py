@@ -12,6 +12,10 @@ Batching is by leading dimensions: the smooth part is summed over the batch befo
 sets are independent, so the gradient of the sum is the per-set gradient. The step is a pure
 function of its inputs and composes with autograd: training through it differentiates the
 gradient (second order).
+
+A causal term (E14, E16) moves each token in its own prefix's rate only: the gradient is taken in the
+tokens with the prefixes held at the input (``term(z, context=Z)``, differentiated in ``z`` alone), so
+training through the step still differentiates through the prefixes; its step size is per position.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 from torch import Tensor
 
 from srr._checks import check_positive
-from srr.derivation.lipschitz import BoundFraction
+from srr.derivation.lipschitz import BoundFraction, is_causal
 from srr.objective import Objective, Term
 
 StepSize = Union[float, Tensor, str, BoundFraction, Callable[..., Union[float, Tensor]]]
@@ -96,7 +100,17 @@ class Step:
         if not smooth.terms:
             return torch.zeros_like(Z)
         used = {n: params[n] for n in smooth.requires}
-        return torch.func.grad(lambda z: smooth(z, **used).sum())(Z)
+        if not is_causal(smooth):
+            return torch.func.grad(lambda z: smooth(z, **used).sum())(Z)
+
+        def causal_value(z: Tensor) -> Tensor:  # the prefixes are Z's, a constant to this grad (E14's sg)
+            total = 0.0
+            for c, t in smooth.terms:
+                kwargs = {n: used[n] for n in t.requires}
+                total = total + c * (t(z, **kwargs, context=Z) if getattr(t, "causal", False) else t(z, **kwargs))
+            return total.sum()
+
+        return torch.func.grad(causal_value)(Z)
 
     @property
     def linear_at_signal(self) -> bool:

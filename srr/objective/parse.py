@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 
 from srr.objective.base import Objective, Term
+from srr.objective.causal import CausalCompressedCodingRate, CausalVariationalCompressedCodingRate
 from srr.objective.terms import (CodingRate, CompressedCodingRate, L0, L1, LeastSquares, NonNegative,
                                  SquaredL2, VariationalCompressedCodingRate)
 
@@ -15,6 +16,9 @@ TERMS: dict[str, type[Term]] = {
     "L1": L1, "L0": L0, "L2": SquaredL2, "SquaredL2": SquaredL2,
     "NonNeg": NonNegative, "NonNegative": NonNegative,
     "LeastSquares": LeastSquares, "LS": LeastSquares,
+    "RcCausal": CausalCompressedCodingRate, "CausalCompressedCodingRate": CausalCompressedCodingRate,
+    "RcVarCausal": CausalVariationalCompressedCodingRate,
+    "CausalVariationalCompressedCodingRate": CausalVariationalCompressedCodingRate,
 }
 
 
@@ -61,7 +65,7 @@ def _term(name: str, kwargs: dict, text: str) -> Term:
 
 
 def parse(text: str) -> Objective:
-    """Objective from text: terms ``R, Rc, RcVar, L1, L0, L2, NonNeg, LeastSquares`` with keyword
+    """Objective from text: terms ``R, Rc, RcVar, RcCausal, RcVarCausal, L1, L0, L2, NonNeg, LeastSquares`` with keyword
     arguments, combined by ``+``, ``-`` and number ``*``."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"objective text must be a non-empty string, got {text!r}")
