@@ -21,10 +21,21 @@ over all layers, raw tokens, λ = 0.1); the baselines of ``srr.generalization`` 
 2019). Statistics: Kendall τ (Jiang et al.'s τ_a, no tie correction) and granulated Ψ, **per
 width and per seed**; pooled widths only as an aside.
 
-Run: ``python -m experiments.generalization [--workers 2] [--widths 64] [--seeds 0 1]`` or ``--quick``;
-``--device cuda`` trains on a GPU. ``--from-csv models.csv`` re-tabulates without training.
-Writes ``models.csv`` (one row per model, per-layer parts in ``L{ℓ}_*`` columns), ``kendall.csv``,
-``kendall.md``, ``noise.csv``, ``summary.json``, ``generalization.png``.
+Eigenvalues (issue 22 §2): every model also stores, per layer and measured image, the eigenvalues of its output
+tokens' Gram and of each head's ``A_kᵀA_k`` in ``eig/<seed>-<model>.npz`` (``experiments/_spectra.py``; the row's
+``eig_file``), so that R, R^c and μ_SRR are exact at any ε without retraining (``experiments/tau_eps.py``).
+
+Spanning sessions: a finished model is ``rows/<seed>-<model>.json`` (written last) plus its eigenvalue file, and is
+skipped; ``models.csv`` is rewritten after every model, merging the rows already in it (their values kept) with
+the finished ones; a killed run loses at most the model in progress. Rows already in ``models.csv`` without
+eigenvalues (the d = 64 grid, whose models were not kept) are retrained for them when their width is asked for:
+the row keeps its values and gains ``eig_file``, ``eig_gap`` (the retrained model's gap) and ``eig_retrained``.
+
+Run: ``python -m experiments.generalization [--workers 2] [--widths 64 128] [--seeds 0 1]`` or ``--quick``;
+``--device cuda`` trains on a GPU; ``--max-models K`` stops after K models. ``--from-csv models.csv``
+re-tabulates without training. Writes ``models.csv`` (one row per model, with ``width``, ``seed`` and
+``eig_file``; per-layer parts in ``L{ℓ}_*`` columns), ``rows/``, ``eig/``, ``kendall.csv``, ``kendall.md``,
+``noise.csv``, ``summary.json`` (``training_runs``: every invocation that trained), ``generalization.png``.
 """
 from __future__ import annotations
 
@@ -49,6 +60,7 @@ PARTS = ("srr_l0_term", "srr_rate_term[0.1]", "srr_rate_term[1]")  # μ_SRR's tw
 MEASURES = (*SRR_SCORES, "srr_yu23", *PARTS, *BASELINES)
 PAPER_SRR_TAU = 0.445  # HU24 §5, width 384, 32 models (MATH.md §5b)
 TARGET_LOSS = 0.01
+ROWS_DIR, EIG_DIR = "rows", "eig"  # per-model row (the done marker) and eigenvalue file, under --out
 DEPTH, HEADS, PATCH = 4, 4, 8
 
 
@@ -68,6 +80,7 @@ def run_one(job: dict) -> dict:
                          dropout=job["dropout"], patch_size=job["patch_size"]).to(device)
     result = fit(model, train, epochs=job["max_epochs"], batch_size=job["batch_size"], lr=job["lr"],
                  seed=job["seed"], target_loss=TARGET_LOSS, check_every=1)
+    measured = time.perf_counter()
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
     Xm, ym = train[0][: job["measure_samples"]], train[1][: job["measure_samples"]]
@@ -96,7 +109,33 @@ def run_one(job: dict) -> dict:
         for key, value in r.items():
             if key != "layer":
                 row[f"L{r['layer']}_{key}"] = value
+    if job.get("out"):  # the eigenvalues that re-score every rate at any ε (experiments/_spectra.py), then the row
+        from experiments._spectra import model_spectra, save_spectra
+
+        out, key = Path(job["out"]), job_key(job)
+        cfg = cpu.config
+        save_spectra(out / EIG_DIR / f"{key}.npz", model_spectra(cpu, Xc), N=cfg.num_patches + 1, d=cfg.dim,
+                     p=cfg.head_dim)
+        row["eig_file"] = f"{EIG_DIR}/{key}.npz"
+        row["eig_gap"] = row["gap"]
+        row["measure_seconds"] = time.perf_counter() - measured
+        _write_row(out / ROWS_DIR / f"{key}.json", row)
     return row
+
+
+def job_key(job: dict) -> str:
+    """A model's file name: seed and model id (the id carries the width)."""
+    return f"s{job['seed']}-{job['model_id']}"
+
+
+def _write_row(path: Path, row: dict) -> None:
+    """The finished model's row, written last and atomically: its presence marks the model done."""
+    from experiments._common import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write_json(tmp, row)
+    tmp.replace(path)
 
 
 def jobs_for(grid: dict, args) -> list[dict]:
@@ -104,7 +143,7 @@ def jobs_for(grid: dict, args) -> list[dict]:
                   train_subset=args.train_subset,
                   measure_samples=args.measure_samples, data_dir=str(args.data_dir), device=args.device,
                   sharpness_samples=1 if args.quick else 3, sharpness_steps=3 if args.quick else 10,
-                  test_subset=500 if args.quick else None)
+                  test_subset=500 if args.quick else None, out=str(args.out))
     jobs = []
     for seed in args.seeds:
         for width in args.widths:
@@ -177,6 +216,49 @@ def noise_ceiling(models: list[dict]) -> list[dict]:
     return rows
 
 
+def finished(out: Path) -> dict[str, dict]:
+    """The models finished in ``out``: ``{key: row}`` from ``rows/*.json`` whose eigenvalue file exists."""
+    import json
+
+    done = {}
+    for path in sorted((out / ROWS_DIR).glob("*.json")):
+        row = json.loads(path.read_text())
+        if (out / row["eig_file"]).is_file():
+            done[path.stem] = row
+    return done
+
+
+def merge(base: list[dict], done: dict[str, dict]) -> list[dict]:
+    """``models.csv``'s rows: ``base`` (the rows already there, values kept as they are) and every finished model.
+
+    A base row without an eigenvalue file (the d = 64 grid trained before eigenvalues were stored) that a
+    retraining has finished gets the retrained model's ``eig_file``, its gap as ``eig_gap`` (so a reader can
+    check that retraining reproduced the model) and ``eig_retrained = True``; its own values stay.
+    """
+    rows = {f"s{m['seed']}-{m['model_id']}": dict(m) for m in base}
+    for key, row in done.items():
+        if key not in rows:
+            rows[key] = dict(row)
+        elif rows[key].get("eig_file") in (None, ""):
+            rows[key].update(eig_file=row["eig_file"], eig_gap=row["gap"], eig_retrained=True)
+    return sorted(rows.values(), key=lambda m: (int(m["width"]), int(m["seed"])))  # stable: grid order kept
+
+
+def _training_runs(previous: Path, this_run: dict | None) -> list[dict]:
+    """Every invocation that trained models into this folder (a grid may span sessions)."""
+    import json
+
+    runs: list[dict] = []
+    if previous.is_file():
+        before = json.loads(previous.read_text())
+        runs = list(before.get("training_runs") or [])
+        if not runs and (before.get("training_run") or not before.get("quick", True)):
+            first = before.get("training_run") or {k: before[k] for k in ("command", "seconds", "machine")
+                                                     if k in before}
+            runs = [{**first, "models": "the d = 64 grid (64 models, seeds 0 and 1)"}]
+    return runs + ([this_run] if this_run else [])
+
+
 def main(argv=None) -> dict:
     from experiments._cifar import data_dir
 
@@ -185,13 +267,14 @@ def main(argv=None) -> dict:
         (("--device",), dict(default="cpu", help="torch device of the training (cpu, cuda)")),
         (("--data-dir",), dict(default=None, help="CIFAR-10 folder (default ../shared/data/cifar10)")),
         (("--from-csv",), dict(type=Path, default=None, help="skip training: tabulate the rows of this CSV")),
-        (("--widths",), dict(type=int, nargs="+", default=None, help="token widths d (default 64)")),
+        (("--widths", "--width"), dict(type=int, nargs="+", default=None, help="token widths d (default 64)")),
         (("--seeds",), dict(type=int, nargs="+", default=None, help="grid seeds (default 0 1)")),
         (("--depth",), dict(type=int, default=None, help=f"layers (default {DEPTH})")),
         (("--patch-size",), dict(type=int, default=PATCH, help=f"patch size (default {PATCH}: 17 tokens per image)")),
         (("--train-subset",), dict(type=int, default=None, help="training images (default 500)")),
         (("--measure-samples",), dict(type=int, default=None, help="training images measured (default 500)")),
-        (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 200)"))])
+        (("--max-epochs",), dict(type=int, default=None, help="epoch cap when CE 0.01 is not reached (default 200)")),
+        (("--max-models",), dict(type=int, default=None, help="train at most this many models, then tabulate"))])
     started = time.perf_counter()
     grid = QUICK_GRID if args.quick else GRID
     args.data_dir = data_dir(args.data_dir)
@@ -201,23 +284,32 @@ def main(argv=None) -> dict:
     args.train_subset = args.train_subset or (100 if args.quick else 500)
     args.measure_samples = args.measure_samples or (50 if args.quick else 500)
     args.max_epochs = args.max_epochs or (1 if args.quick else 200)
-    jobs = jobs_for(grid, args)
-
-    done: list[dict] = []
-
-    def progress(i, n, row):
-        done.append(row)
-        write_csv(args.out / "models.partial.csv", done)  # survives an interrupted grid
-        print(f"[{i}/{n}] seed {row['seed']} {row['model_id']} {row['variant']}: {row['epochs']} ep "
-              f"({row['train_seconds']:.0f} s), train CE {row['train_ce']:.4f}, test acc {row['test_acc']:.3f}, "
-              f"gap {row['gap']:.3f}, srr {row['srr']:.1f}", flush=True)
+    models_csv = args.out / "models.csv"
+    trained = 0
 
     if args.from_csv:
         models = read_csv(args.from_csv)
     else:
-        models = run_jobs(run_one, jobs, workers=args.workers, progress=progress)
-        write_csv(args.out / "models.csv", models)
-        (args.out / "models.partial.csv").unlink(missing_ok=True)
+        base = read_csv(models_csv) if models_csv.is_file() else []
+        done = finished(args.out)
+        todo = [j for j in jobs_for(grid, args) if job_key(j) not in done]
+        skipped = len(jobs_for(grid, args)) - len(todo)
+        if args.max_models is not None:
+            todo = todo[: args.max_models]
+        print(f"{len(todo)} models to train, {skipped} of the grid already finished in {args.out}", flush=True)
+
+        def progress(i, n, row):
+            nonlocal trained
+            trained += 1
+            done[job_key(row)] = row
+            write_csv(models_csv, merge(base, done))  # after every model: an interrupted grid loses one model
+            print(f"[{i}/{n}] seed {row['seed']} {row['model_id']} {row['variant']}: {row['epochs']} ep "
+                  f"({row['train_seconds']:.0f} s), train CE {row['train_ce']:.4f}, test acc {row['test_acc']:.3f}, "
+                  f"gap {row['gap']:.3f}, srr {row['srr']:.1f}", flush=True)
+
+        run_jobs(run_one, todo, workers=args.workers, progress=progress)
+        models = merge(base, done)
+        write_csv(models_csv, models)
     hyperparameters = [h for h in grid if len(grid[h]) > 1]
     stats = statistics(models, hyperparameters)
     noise = noise_ceiling(models)
@@ -228,22 +320,25 @@ def main(argv=None) -> dict:
     (args.out / "kendall.md").write_text(markdown_table(stats, cols, {c: "+.3f" for c in cols[2:]}))
     _plot(models, args.out / "generalization.png")
     reached = sum(bool(m["reached"]) for m in models)
+    widths = sorted({int(m["width"]) for m in models})
+    counts = {f"width {w}, seed {s}": sum(1 for m in models if m["width"] == w and m["seed"] == s)
+              for w in widths for s in sorted({int(m["seed"]) for m in models})}
     payload = summary(NAME, args, started, dataset="cifar10 (JPEG)", data_dir=str(args.data_dir),
-                      grid={k: list(v) for k, v in grid.items()}, widths=args.widths, seeds=args.seeds,
+                      grid={k: list(v) for k, v in grid.items()}, widths=widths, seeds=args.seeds,
                       depth=args.depth, heads=HEADS, patch_size=args.patch_size,
                       tokens_per_image=(32 // args.patch_size) ** 2 + 1, train_subset=args.train_subset,
                       test_images=models[0]["n_test"] if models else None, measure_samples=args.measure_samples,
-                      n_models=len(models), target_train_ce=TARGET_LOSS, max_epochs=args.max_epochs,
+                      n_models=len(models), models_per_width_and_seed=counts,
+                      with_eigenvalues=sum(1 for m in models if m.get("eig_file") not in (None, "")),
+                      target_train_ce=TARGET_LOSS, max_epochs=args.max_epochs,
                       reached_target=reached, max_train_ce=max(m["train_ce"] for m in models),
                       workers=args.workers, device=args.device, kendall="tau_a (Jiang et al., no tie correction)",
                       paper_srr_tau_width384=PAPER_SRR_TAU, noise_ceiling=noise, statistics=stats)
-    previous = args.out / "summary.json"
-    if args.from_csv and previous.is_file():  # re-tabulating: keep the provenance of the training run
-        import json
-
-        before = json.loads(previous.read_text())
-        payload["training_run"] = before.get("training_run") or {
-            k: before[k] for k in ("command", "seconds", "machine") if k in before}
+    this_run = None
+    if trained:
+        this_run = {"command": payload["command"], "seconds": payload["seconds"], "machine": payload["machine"],
+                    "models_trained": trained, "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    payload["training_runs"] = _training_runs(args.out / "summary.json", this_run)
     write_json(args.out / "summary.json", payload)
     return payload
 
@@ -253,21 +348,26 @@ def _plot(models, path):
     panels = ("srr", "srr_eps1", "srr_yu23", "sharpness")
     labels = {"srr": "μ_SRR, ε = 0.1 (HU24)", "srr_eps1": "μ_SRR, ε = 1", "srr_yu23": "R^c, YU23 convention",
               "sharpness": "sharpness (1/σ²)"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    widths = sorted({int(m["width"]) for m in models})
+    fig, axes = plt.subplots(len(widths), len(panels), figsize=(4.2 * len(panels), 3.8 * len(widths)),
+                             squeeze=False)
     colors = dict(zip(GRID["variant"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     markers = {0: "o", 1: "^"}
-    for ax, measure in zip(axes, panels):
-        for variant in dict.fromkeys(m["variant"] for m in models):
-            for seed in sorted({m["seed"] for m in models}):
-                sel = [m for m in models if m["variant"] == variant and m["seed"] == seed
-                       and math.isfinite(float(m[measure]))]
-                ax.scatter([m[measure] for m in sel], [m["gap"] for m in sel], s=16, color=colors.get(variant),
-                           marker=markers.get(seed, "s"), alpha=0.8, label=f"{variant}, seed {seed}")
-        ax.set(xlabel=labels[measure], ylabel="gap: test CE − train CE")
-        if measure == "sharpness":
-            ax.set_xscale("log")
-    axes[0].legend(fontsize=6)
-    fig.suptitle("CIFAR-10 (JPEG): complexity measure vs generalization gap, one point per model", fontsize=10)
+    for row, width in zip(axes, widths):
+        at = [m for m in models if int(m["width"]) == width]
+        for ax, measure in zip(row, panels):
+            for variant in dict.fromkeys(m["variant"] for m in at):
+                for seed in sorted({m["seed"] for m in at}):
+                    sel = [m for m in at if m["variant"] == variant and m["seed"] == seed
+                           and math.isfinite(float(m[measure]))]
+                    ax.scatter([m[measure] for m in sel], [m["gap"] for m in sel], s=16, color=colors.get(variant),
+                               marker=markers.get(seed, "s"), alpha=0.8, label=f"{variant}, seed {seed}")
+            ax.set(xlabel=labels[measure], ylabel=f"d = {width}: test CE − train CE")
+            if measure == "sharpness":
+                ax.set_xscale("log")
+        row[0].legend(fontsize=6)
+    fig.suptitle("CIFAR-10 (JPEG): complexity measure vs generalization gap, one point per model, per width",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
