@@ -255,8 +255,8 @@ def test_missing_imagefolder_names_the_path_and_the_layout(tmp_path):
 
 
 def test_unknown_dataset_error_lists_the_valid_names():
-    with pytest.raises(ValueError, match="got 'imagenet'") as error:
-        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="got 'imagenet21k'") as error:
+        load_dataset("imagenet21k")
     assert all(name in str(error.value) for name in list_datasets())
     with pytest.raises(ValueError, match="got 'cifar'"):
         dataset_info("cifar")

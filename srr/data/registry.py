@@ -4,6 +4,10 @@ Each entry pairs a loader ``load(split, *, data_dir, download, augment, image_si
 with ``info(*, data_dir, image_size, **kw)``, both taking the same dataset-specific ``kw``, so
 ``dataset_info(name, data_dir=d, image_size=s, **kw) == load_dataset(name, data_dir=d,
 image_size=s, **kw).info``.
+
+A streaming entry (``streams=True``: ``imagefolder``, ``imagenet``, ``fake``) reads or generates each item
+when asked and builds ``augmentation`` into its per-image pipeline; it also takes ``decode_device``. An
+in-memory entry gets ``augmentation``'s policy applied to its batches (:class:`~srr.data.augment.TensorPolicy`).
 """
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from .augment import Augmentation, TensorPolicy
 from .cifar import FORMATS as CIFAR_FORMATS, cifar_info, load_cifar
 from .digits import digits_info, load_digits
-from .imagefolder import imagefolder_info, load_imagefolder
+from .fake import fake_info, load_fake
+from .imagefolder import imagefolder_info, imagenet_info, load_imagefolder, load_imagenet
 from .info import DatasetInfo
 from .mnist import FORMATS as MNIST_FORMATS, load_mnist, mnist_info
 from .subspaces import load_subspaces, subspaces_info
+from .tensors import TensorImageDataset
 
 
 @dataclass(frozen=True)
@@ -27,16 +34,23 @@ class DatasetEntry:
 
     load: Callable[..., Dataset]
     info: Callable[..., DatasetInfo]
+    streams: bool = False  # items read (or generated) one at a time; load takes augmentation= and decode_device=
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, load: Callable[..., Dataset], info: Callable[..., DatasetInfo]) -> None:
+def register_dataset(name: str, load: Callable[..., Dataset], info: Callable[..., DatasetInfo], *,
+                     streams: bool = False) -> None:
     """Make ``name`` loadable; the dataset ``load`` returns must carry ``.info`` and ``.classes``."""
     if name in _REGISTRY:
         raise ValueError(f"dataset name must be new, got {name!r}, which is already registered")
-    _REGISTRY[name] = DatasetEntry(load, info)
+    _REGISTRY[name] = DatasetEntry(load, info, streams)
+
+
+def streams_files(name: str) -> bool:
+    """Whether dataset ``name`` is read item by item (a ``DataLoader`` with workers), not held in memory."""
+    return _entry(name).streams
 
 
 def list_datasets() -> list[str]:
@@ -64,6 +78,8 @@ def load_dataset(
     augment: bool = False,
     image_size: int | None = None,
     seed: int = 0,
+    augmentation: Augmentation | None = None,
+    decode_device: str = "cpu",
     **kw,
 ) -> Dataset:
     """The ``split`` (``"train"`` or ``"test"``) of dataset ``name``; see :func:`list_datasets`.
@@ -71,19 +87,33 @@ def load_dataset(
     Items are ``(image (C, H, W) float, label)``; the dataset carries ``.info`` and
     ``.classes``. ``data_dir`` (default ``$SRR_DATA_DIR`` or ``./data``) holds file-backed
     datasets; ``download`` fetches missing ones; ``augment`` applies the dataset's standard
-    training augmentation; ``image_size`` resizes; ``seed`` fixes synthetic data. ``kw`` are
-    dataset-specific (``subspaces``: ``num_subspaces``, ``subspace_dim``, ``noise``,
-    ``num_train``, ``num_test``). Missing files raise :class:`DatasetNotFoundError`.
+    training augmentation, or with ``augmentation`` (:class:`~srr.data.augment.Augmentation`) the one it
+    describes; ``image_size`` resizes; ``seed`` fixes synthetic data; ``decode_device="cuda"`` (file and
+    ``fake`` data) leaves JPEG decoding to a batch stage on the GPU. ``kw`` are dataset-specific
+    (``subspaces``: ``num_subspaces``, ``subspace_dim``, ``noise``, ``num_train``, ``num_test``; ``fake``:
+    ``num_classes``, ``num_train``, ``num_test``). Missing files raise :class:`DatasetNotFoundError`.
     """
-    return _entry(name).load(
-        split, data_dir=data_dir, download=download, augment=augment,
-        image_size=image_size, seed=seed, **kw,
-    )
+    entry = _entry(name)
+    common = dict(data_dir=data_dir, download=download, augment=augment, image_size=image_size, seed=seed)
+    if entry.streams:
+        return entry.load(split, **common, augmentation=augmentation, decode_device=decode_device, **kw)
+    if decode_device != "cpu":
+        raise ValueError(f"decode_device {decode_device!r} decodes image files: it needs a dataset read from files "
+                         f"or fake ({', '.join(n for n in list_datasets() if _REGISTRY[n].streams)}), got "
+                         f"{name!r}, which is held in memory")
+    dataset = entry.load(split, **common, **kw)
+    if (augment and split == "train" and augmentation is not None and isinstance(dataset, TensorImageDataset)
+            and (augmentation.has_policy or augmentation.crop == "rrc")):
+        shift = 0 if augmentation.crop == "rrc" else None
+        dataset = dataset.with_policy(TensorPolicy(dataset.info, augmentation), max_shift=shift)
+    return dataset
 
 
 register_dataset("digits", load_digits, digits_info)
 register_dataset("subspaces", load_subspaces, subspaces_info)
-register_dataset("imagefolder", load_imagefolder, imagefolder_info)
+register_dataset("imagefolder", load_imagefolder, imagefolder_info, streams=True)
+register_dataset("imagenet", load_imagenet, imagenet_info, streams=True)
+register_dataset("fake", load_fake, fake_info, streams=True)
 for _name in CIFAR_FORMATS:
     register_dataset(_name, functools.partial(load_cifar, _name), functools.partial(cifar_info, _name))
 for _name in MNIST_FORMATS:

@@ -3,6 +3,11 @@
 The order of epoch ``e`` depends only on ``(seed, e)``, never on how many epochs ran before
 in this process, so a run resumed from a checkpoint sees the same batches as an uninterrupted
 one. Under DDP every rank draws the same permutation and takes its own strided share.
+
+Repeated augmentation (``repeats=K``, Hoffer et al. 2020 and DeiT's ``RASampler``): each index of the
+permutation appears K times in a row before the ranks take their strided shares, so with K <= world size
+the K copies of an image go to K different ranks (and are augmented differently there); an epoch keeps
+its length (``ceil(n / world_size)`` per rank), so it covers about n / K distinct images.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .seeding import epoch_base
 
 
 def _non_negative_int(name: str, value) -> None:
@@ -43,6 +50,7 @@ class EpochSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        repeats: int = 1,
     ) -> None:
         for name, value in (("n", n), ("seed", seed), ("rank", rank)):
             _non_negative_int(name, value)
@@ -51,7 +59,9 @@ class EpochSampler(Sampler[int]):
         if rank >= world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive int (copies of each image per epoch), got {repeats!r}")
+        self.rank, self.world_size, self.drop_last, self.repeats = rank, world_size, drop_last, repeats
         self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
         self.epoch, self.start = 0, 0
 
@@ -69,16 +79,33 @@ class EpochSampler(Sampler[int]):
             return torch.arange(self.n)
         return torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
 
-    def __iter__(self) -> Iterator[int]:
+    def assignment(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices, positions)`` of this rank from ``start`` on: the dataset indices, and their places in the
+        epoch's global order (the same whatever the world size), both ``(num_samples - start,)`` long."""
         order = self.permutation()
+        if self.repeats > 1:
+            order = order.repeat_interleave(self.repeats)
         total = self.num_samples * self.world_size
-        if total > self.n:  # pad by wrapping around (repeatedly, if n < world_size)
-            order = order.repeat(math.ceil(total / max(self.n, 1)))
-        order = order[:total][self.rank :: self.world_size]
-        return iter(order[self.start :].tolist())
+        if total > len(order):  # pad by wrapping around (repeatedly, if n < world_size)
+            order = order.repeat(math.ceil(total / max(len(order), 1)))
+        positions = torch.arange(self.rank, total, self.world_size)[self.start :]
+        return order[positions], positions
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.assignment()[0].tolist())
 
     def __len__(self) -> int:
         return self.num_samples - self.start
+
+
+class SeededEpochSampler(EpochSampler):
+    """:class:`EpochSampler` yielding ``(index, seed)``: each sample's own seed, ``epoch_base(seed, epoch)`` plus
+    its global position (:mod:`srr.data.seeding`), for a :class:`~srr.data.seeding.SeededDataset`."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices, positions = self.assignment()
+        base = epoch_base(self.seed, self.epoch)
+        return zip(indices.tolist(), (base + positions).tolist())
 
 
 def make_loader(

@@ -52,7 +52,8 @@ class TensorImageDataset(TensorDataset):
 
     With ``augment=True`` each item is shifted by up to ``max_shift`` pixels (:func:`random_shift`,
     a random crop of the image padded with ``fill``) and, with ``flip``, mirrored with
-    probability ½; ``.tensors`` always holds the unaugmented data.
+    probability ½; ``policy`` (a callable on a batch, e.g. :class:`srr.data.augment.TensorPolicy`) comes
+    after them. ``.tensors`` always holds the unaugmented data.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class TensorImageDataset(TensorDataset):
         fill: float = 0.0,
         max_shift: int = 1,
         flip: bool = False,
+        policy=None,
     ) -> None:
         if images.ndim != 4 or labels.shape != images.shape[:1]:
             raise ValueError(
@@ -75,13 +77,22 @@ class TensorImageDataset(TensorDataset):
         super().__init__(images, labels)
         self.info, self.classes = info, classes
         self.augment, self.fill, self.max_shift, self.flip = augment, fill, max_shift, flip
+        self.policy = policy
+
+    def with_policy(self, policy, *, max_shift: int | None = None) -> "TensorImageDataset":
+        """The same tensors (not copied) with ``policy`` after the shift and flip (``max_shift`` replaces the
+        shift: 0 where the policy crops)."""
+        shift = self.max_shift if max_shift is None else max_shift
+        return TensorImageDataset(*self.tensors, info=self.info, classes=self.classes, augment=self.augment,
+                                  fill=self.fill, max_shift=shift, flip=self.flip, policy=policy)
 
     def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         """This dataset's training augmentation applied to a batch ``(B, C, H, W)`` of its images."""
         if not self.augment:
             return images
         images = random_shift(images, self.max_shift, fill=self.fill)
-        return random_flip(images) if self.flip else images
+        images = random_flip(images) if self.flip else images
+        return self.policy(images) if self.policy is not None else images
 
     @property
     def targets(self) -> torch.Tensor:

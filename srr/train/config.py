@@ -44,14 +44,23 @@ class TrainConfig(ConfigBase):
     grad_checkpointing: bool = False  # recompute layer activations in backward (memory for time)
     drop_path: float | None = None  # stochastic depth on residual branches, linear in depth up to this; None: its own
     # data
-    dataset: str = "digits"  # digits (bundled), subspaces, cifar10, cifar100, mnist, fashion-mnist, imagefolder
+    dataset: str = "digits"  # digits (bundled), subspaces, cifar10/100, (fashion-)mnist, imagefolder, imagenet, fake
     data_dir: str | None = None  # None: $SRR_DATA_DIR, else ./data
     download: bool = False  # download the dataset if its files are missing
     augment: bool = True  # the dataset's standard training augmentation
     image_size: int | None = None  # resize images to this size; None: the dataset's own
-    val_fraction: float = 0.1  # held out of the training split (fixed split) for val metrics and best.pt
+    val_fraction: float | None = None  # held out of train (fixed) for val and best.pt; None: 0.1 (0: imagenet, fake)
     train_subset: int | None = None  # train on the first n training images only (smoke runs, tests)
     num_workers: int | None = None  # data-loader worker processes; None: 0 for in-memory data, else min(4, cpus)
+    prefetch_factor: int | None = None  # batches each loader worker prepares ahead (DataLoader's); None: torch's 2
+    train_crop: str = "auto"  # rrc (RandomResizedCrop; eval: resize S/0.875, centre crop), pad (CIFAR), auto: rrc ≥64px
+    randaugment: str | None = None  # RandAugment "N,M" (e.g. "2,9") or timm's "rand-m9-mstd0.5-inc1"; None: off
+    trivialaugment: bool = False  # TrivialAugmentWide (torchvision) after the crop and flip
+    random_erasing: float = 0.0  # probability of erasing one random rectangle with noise (timm RandomErasing)
+    mixup: float = 0.0  # mixup α on each batch (λ ~ Beta(α, α)), soft targets into the loss; 0: off
+    cutmix: float = 0.0  # cutmix α; with --mixup as well, each batch takes one of the two with probability ½
+    repeated_aug: int = 1  # K augmented copies of each image per epoch, spread over the ranks (DeiT's RASampler)
+    decode_device: str = "cpu"  # where JPEGs are decoded: cpu (loader workers) or cuda (a batch at once, nvJPEG)
     # optimisation
     epochs: int = 30  # number of epochs
     batch_size: int = 64  # batch size per process
@@ -117,7 +126,15 @@ class TrainConfig(ConfigBase):
         if self.model_eps is not None:
             check_eps(self.model_eps, "model_eps")
         check_number(self.label_smoothing, "label_smoothing", low=0, high=1)
-        check_number(self.val_fraction, "val_fraction", low=0, high=1, high_open=True)
+        if self.val_fraction is not None:
+            check_number(self.val_fraction, "val_fraction", low=0, high=1, high_open=True)
+        self.augmentation()  # checks train_crop, randaugment, trivialaugment, random_erasing
+        check_number(self.mixup, "mixup", low=0)
+        check_number(self.cutmix, "cutmix", low=0)
+        check_int(self.repeated_aug, "repeated_aug", minimum=1)
+        if self.prefetch_factor is not None:
+            check_int(self.prefetch_factor, "prefetch_factor", minimum=1)
+        check_choice(self.decode_device, "decode_device", ("cpu", "cuda"))
         if self.dropout is not None:
             check_number(self.dropout, "dropout", low=0, high=1)
         if self.drop_path is not None:
@@ -144,6 +161,13 @@ class TrainConfig(ConfigBase):
         for name in ("model", "dataset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+
+    def augmentation(self):
+        """The per-image training augmentation these options ask for (:class:`srr.data.Augmentation`)."""
+        from srr.data import Augmentation
+
+        return Augmentation(crop=self.train_crop, randaugment=self.randaugment, trivialaugment=self.trivialaugment,
+                            random_erasing=self.random_erasing)
 
     def model_overrides(self) -> dict:
         """The ``create_model`` keyword arguments this run sets on top of the registry entry's own."""

@@ -56,7 +56,7 @@ from . import distributed as D
 from .callbacks import Callback, default_callbacks
 from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
 from .config import TrainConfig
-from .data import RunData, TrainBatches, load_run_data
+from .data import RunData, TrainBatches, batch_mix, load_run_data
 from .ema import ModelEMA
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast, evaluate
@@ -185,6 +185,8 @@ class _Trainer:
         self.batches = TrainBatches(
             self.data.train, batch_size=config.batch_size, seed=config.seed, rank=env.rank,
             world_size=env.world_size, num_workers=config.num_workers, pin_memory=env.device.type == "cuda",
+            prefetch_factor=config.prefetch_factor, repeats=config.repeated_aug,
+            mix=batch_mix(config, info.num_classes),
         )
         self.grad_accum = resolve_grad_accum(config, world_size=env.world_size)
         self.global_batch = config.batch_size * env.world_size * self.grad_accum
@@ -389,8 +391,8 @@ class _Trainer:
             group_start = micro - micro % accum
             group_images = min((group_start + accum) * batch, per_rank) - group_start * batch  # N of this step
             images = images.to(device, non_blocking=True)  # (B, C, H, W)
-            labels = torch.as_tensor(labels).to(device, non_blocking=True)  # (B,)
-            n = labels.numel()
+            labels = torch.as_tensor(labels).to(device, non_blocking=True)  # (B,), or (B, classes) soft targets (mixup)
+            n = labels.shape[0]
             weight = n / group_images  # b_i / N: the K micro-losses sum to the mean over the step's images
             fetched = time.perf_counter()
             if first:
@@ -401,14 +403,17 @@ class _Trainer:
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 with autocast(device, config.amp):
                     logits = self.forward_model(images)  # (B, classes)
-                ce = F.cross_entropy(_at_least_float32(logits), labels, label_smoothing=config.label_smoothing)
+                logits32 = _at_least_float32(logits)
+                targets = labels.to(logits32.dtype) if labels.is_floating_point() else labels
+                ce = F.cross_entropy(logits32, targets, label_smoothing=config.label_smoothing)
                 reg = self.regularizer() if self.regularizer is not None else None
                 loss = ce if reg is None else ce + reg
                 (loss * weight).backward()
             step_ce = step_ce + ce.detach() * weight
             step_loss = step_loss + loss.detach() * weight
             self.device_sums[0] += ce.detach().double() * n
-            self.device_sums[1] += (logits.detach().argmax(-1) == labels).sum()
+            hard = labels.argmax(-1) if labels.ndim == 2 else labels  # a mixed image counts as its larger share
+            self.device_sums[1] += (logits.detach().argmax(-1) == hard).sum()
             if reg is not None:
                 self.device_sums[2] += reg.detach().double() * weight
                 step_reg = step_reg + reg.detach() * weight
