@@ -178,6 +178,19 @@ def _gpu(result) -> list[Headline]:
     return rows
 
 
+def _causal(result) -> list[Headline]:
+    """Issue 23's cost of the causal layers against the context length (``srr.bench.bench_causal``)."""
+    rows = []
+    for mode in ("forward", "train"):
+        at = _get(result, f"at_largest_common_T.{mode}") or {}
+        T = at.get("tokens", "largest T")
+        rows.append(_check(f"causal TSSA vs causal MSSA (SDPA), {mode} at T={T} (speed-up)",
+                           at.get("tssa_vs_sdpa_speedup")))
+        rows.append(_check(f"causal TSSA faster than SDPA ({mode}) from T",
+                           _get(result, f"tssa_faster_than_sdpa_from.{mode}"), unit=""))
+    return rows
+
+
 def _train(result) -> list[Headline]:
     return [_check("default srr train: loader vs model images/s", _get(result, "ratio"), ">=", 1.0)]
 
@@ -197,6 +210,8 @@ BENCHES = [
           lambda quick, dev: ["--device", dev] + (["--batch", "16", "--rounds", "1"] if quick else []), _profile),
     Bench("train", None, lambda quick, dev: [], _train),
     Bench("gpu", "gpu", lambda quick, dev: ["--device", dev] + (["--tiny"] if quick else []), _gpu, default=False),
+    Bench("causal", "bench_causal", lambda quick, dev: ["--device", dev] + (["--quick"] if quick else []), _causal,
+          default=False),
 ]
 
 
@@ -275,7 +290,8 @@ def bench_command(
         help="Small shapes and few repeats (a smoke run, ratios are noisy).")] = False,
     only: Annotated[Optional[str], typer.Option(
         help="Comma-separated benchmarks to run: rates, layers, models, regularizer, compile, profile, train; "
-             "gpu (issue 24's prepared GPU run, only when named).")] = None,
+             "gpu (issue 24's prepared GPU run) and causal (issue 23's causal layers against T), only when "
+             "named.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if available), cpu or cuda.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(
         help="torch CPU threads (default: torch's own choice).", min=1)] = None,

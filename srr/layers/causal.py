@@ -28,7 +28,7 @@ from srr._checks import check_choice, check_eps, check_int, check_number, check_
 from srr.derivation import derive_step
 from srr.linalg import working_dtype
 from srr.objective import CausalCompressedCodingRate, CausalVariationalCompressedCodingRate
-from srr.objective.causal import causal_lipschitz, prefix_scale
+from srr.objective.causal import prefix_scale
 
 BACKENDS = ("auto", "fused", "reference")
 TSSA_OUTPUTS = ("tost", "tied")
@@ -181,10 +181,16 @@ class CausalExactCompression(nn.Module):
         return self.c_attn.weight.unflatten(0, (self.heads, self.head_dim)).transpose(1, 2)
 
     def kappa(self, T: int, like: Tensor) -> Tensor | float:
-        """κ: the number, or for ``"auto"`` ``κ_t = 1/L_t`` ``(T,)`` (E14), in ``like``'s dtype and device."""
+        """κ: the number, or for ``"auto"`` ``κ_t = 1/L_t = tε²/(p‖W‖₂²)`` ``(T,)`` (E14's bound,
+        ``srr.objective.causal.causal_lipschitz``), in ``like``'s dtype and device, without gradient. A tensor
+        op (no ``float``): ``torch.compile`` traces it without a graph break."""
         if self.step_size != "auto":
             return self.step_size
-        return (1.0 / causal_lipschitz(self.subspaces, self.eps, T)).to(dtype=like.dtype, device=like.device)
+        with torch.no_grad():
+            W = self.c_attn.weight.detach().to(dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+            L1 = torch.linalg.matrix_norm(W, ord=2).square() * (self.head_dim / self.eps**2)
+            t = torch.arange(1, T + 1, dtype=W.dtype, device=W.device)
+            return (t / L1).to(dtype=like.dtype, device=like.device)
 
     def forward(self, x: Tensor) -> Tensor:  # (..., T, d) -> (..., T, d)
         _check_sequence(x, self.dim)
