@@ -1,6 +1,6 @@
 """Named recipes: each is a valid TrainConfig with a cited source, explicit options win over it, the run
-records it in config.json, data-side settings apply only where TrainConfig has the field, and
-``srr recipes`` lists every recipe with its source."""
+records it in config.json, every setting (the data pipeline's included) is a TrainConfig field that the run
+applies, and ``srr recipes`` lists every recipe with its source."""
 import json
 
 import pytest
@@ -8,8 +8,7 @@ from typer.testing import CliRunner
 
 from srr.cli import app
 from srr.train import RunDir, TrainConfig
-from srr.train.recipes import (DATA_SETTINGS, MODEL_SETTINGS, RECIPES, apply_recipe, recipe_config, recipe_settings,
-                               skipped_settings)
+from srr.train.recipes import RECIPES, apply_recipe, recipe_config, recipe_settings, skipped_settings
 
 runner = CliRunner()
 
@@ -31,19 +30,19 @@ def test_the_papers_values_are_the_recipes_values():
     hu24 = recipe_config("hu24-cifar")
     assert (hu24.model, hu24.optimizer, hu24.lr, hu24.batch_size, hu24.epochs, hu24.srr_weight, hu24.srr_layers) == (
         "crate_tiny", "adam", 1e-4, 128, 200, 1e-3, "last")
-    assert DATA_SETTINGS["hu24-cifar"]["randaugment"] == "2,9" and DATA_SETTINGS["yu23-imagenet"]["train_crop"] == "rrc"
+    assert hu24.randaugment == "2,9" and yu23.train_crop == "rrc" and yu23.dataset == "imagenet"
+    tost = recipe_config("tost-imagenet")
+    assert (tost.randaugment, tost.random_erasing, tost.mixup, tost.cutmix, tost.repeated_aug, tost.drop_path) == (
+        "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0, 3, 0.05)
+    alpha = recipe_config("crate-alpha-finetune")
+    assert (alpha.train_crop, alpha.randaugment, alpha.mixup, alpha.cutmix, alpha.drop_path) == (
+        "rrc", "2,9", 0.8, 1.0, 0.0)
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
-def test_pending_settings_apply_exactly_where_train_config_has_the_field(name):
-    fields = set(TrainConfig.field_names())
-    pending = {**DATA_SETTINGS.get(name, {}), **MODEL_SETTINGS.get(name, {})}
-    settings, skipped = recipe_settings(name), skipped_settings(name)
-    for key, value in pending.items():
-        if key in fields:
-            assert settings[key] == value and key not in skipped
-        else:
-            assert skipped[key] == value and key not in settings
+def test_every_setting_is_applied_none_is_skipped(name):
+    assert skipped_settings(name) == {} and recipe_settings(name) == RECIPES[name].settings
+    assert set(RECIPES[name].settings) <= set(TrainConfig.field_names())
 
 
 def test_explicit_options_override_the_recipe_and_unknown_names_are_refused():

@@ -167,8 +167,8 @@ def check_decode_device(decode_device: str) -> None:
     if decode_device not in DECODE_DEVICES:
         raise ValueError(f"decode_device must be one of {DECODE_DEVICES}, got {decode_device!r}")
     if decode_device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("decode_device 'cuda' decodes JPEGs on the GPU (torchvision.io.decode_jpeg) and needs "
-                         "CUDA, got none (torch.cuda.is_available() is False); use decode_device 'cpu'")
+        raise ValueError("decode_device must be 'cpu' on a machine without CUDA (torch.cuda.is_available() is "
+                         "False): 'cuda' decodes JPEGs on the GPU (torchvision.io.decode_jpeg); got 'cuda'")
 
 
 def load_imagefolder(split: str, *, data_dir=None, download=False, augment=False, image_size=None, seed=0,

@@ -98,9 +98,9 @@ def load_dataset(
     if entry.streams:
         return entry.load(split, **common, augmentation=augmentation, decode_device=decode_device, **kw)
     if decode_device != "cpu":
-        raise ValueError(f"decode_device {decode_device!r} decodes image files: it needs a dataset read from files "
-                         f"or fake ({', '.join(n for n in list_datasets() if _REGISTRY[n].streams)}), got "
-                         f"{name!r}, which is held in memory")
+        streamed = ", ".join(n for n in list_datasets() if _REGISTRY[n].streams)
+        raise ValueError(f"decode_device must be 'cpu' for {name!r}, which is held in memory: {decode_device!r} "
+                         f"decodes the image files of {streamed}; got {decode_device!r}")
     dataset = entry.load(split, **common, **kw)
     if (augment and split == "train" and augmentation is not None and isinstance(dataset, TensorImageDataset)
             and (augmentation.has_policy or augmentation.crop == "rrc")):

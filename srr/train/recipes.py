@@ -6,11 +6,11 @@ of every field, so a run says both where its settings came from and what they we
 ``recipe_config("hu24-cifar", epochs=1)``.
 
 Each recipe cites its source; a value the source does not give is named in the source text as "not
-found" and left at ``srr``'s default. Settings of fields that other parts of ``srr`` add (the data
-pipeline's ``randaugment``, ``mixup``, ``cutmix``, ``repeated_aug``, ``random_erasing``, ``train_crop``;
-the model's ``drop_path``) live in :data:`DATA_SETTINGS` and :data:`MODEL_SETTINGS` and are merged in
-only for fields ``TrainConfig`` has; :func:`skipped_settings` lists the others, so a run never
-silently claims a setting it does not apply.
+found" and left at ``srr``'s default. Every setting is a ``TrainConfig`` field (the data pipeline's
+``train_crop``, ``randaugment``, ``random_erasing``, ``mixup``, ``cutmix``, ``repeated_aug`` and the model's
+``drop_path`` included), so a run applies all of them; :func:`skipped_settings` (always empty for the
+recipes here) would name any that a ``TrainConfig`` lacked, so a run never silently claims a setting it
+does not apply.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                 "gradient clipping (srr's 1.0 kept); per-process batch 128 is ours (16 GPUs x 128 = 2048)."),
         settings=dict(model="crate_base", patch_size=16, dataset="imagenet", optimizer="lion", lr=2.4e-4,
                       weight_decay=0.5, batch_size=128, global_batch=2048, lr_scaling="none", epochs=150,
-                      warmup=5.0, label_smoothing=0.1, srr_weight=0.0),
+                      warmup=5.0, label_smoothing=0.1, srr_weight=0.0, train_crop="rrc"),
     ),
     Recipe(
         name="hu24-cifar",
@@ -51,7 +51,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                 "(2,9 chosen: torchvision's defaults), weight decay, warm-up and label smoothing (srr's "
                 "defaults kept: 0.05, 2 epochs, 0.1)."),
         settings=dict(model="crate_tiny", patch_size=4, dataset="cifar10", optimizer="adam", lr=1e-4,
-                      batch_size=128, global_batch=128, epochs=200, srr_weight=1e-3, srr_layers="last"),
+                      batch_size=128, global_batch=128, epochs=200, srr_weight=1e-3, srr_layers="last",
+                      randaugment="2,9"),
     ),
     Recipe(
         name="tost-imagenet",
@@ -68,7 +69,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         settings=dict(model="crate_tiny", variant="tost", patch_size=16, dataset="imagenet", optimizer="adamw",
                       lr=2.5e-4, lr_scaling="linear", weight_decay=0.05, batch_size=128, global_batch=1024,
                       epochs=400, warmup=5.0, min_lr=1e-5, label_smoothing=0.1, grad_clip=None,
-                      ema_decay=0.99996, ema_warmup=False, srr_weight=0.0),
+                      ema_decay=0.99996, ema_warmup=False, srr_weight=0.0, train_crop="rrc",
+                      randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25, mixup=0.8, cutmix=1.0, repeated_aug=3,
+                      drop_path=0.05),
     ),
     Recipe(
         name="crate-alpha-finetune",
@@ -83,24 +86,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         settings=dict(model="crate_base", variant="crate_alpha", patch_size=16, dataset="imagenet",
                       optimizer="adamw", betas="0.9,0.95", lr=1e-5, lr_scaling="linear", weight_decay=0.1,
                       batch_size=128, global_batch=4096, epochs=91, warmup=10.0, min_lr=1e-6, grad_clip=1.0,
-                      label_smoothing=0.1, srr_weight=0.0),
+                      label_smoothing=0.1, srr_weight=0.0, train_crop="rrc", randaugment="2,9", mixup=0.8,
+                      cutmix=1.0, drop_path=0.0),
     ),
 )}
-
-# Settings of the data pipeline's fields (docs/guide-scale.md); merged in for the fields TrainConfig has.
-DATA_SETTINGS: dict[str, dict] = {
-    "yu23-imagenet": {"train_crop": "rrc"},
-    "hu24-cifar": {"randaugment": "2,9"},
-    "tost-imagenet": {"train_crop": "rrc", "randaugment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25,
-                      "mixup": 0.8, "cutmix": 1.0, "repeated_aug": 3},
-    "crate-alpha-finetune": {"train_crop": "rrc", "randaugment": "2,9", "mixup": 0.8, "cutmix": 1.0},
-}
-# Settings of model fields added elsewhere (stochastic depth); merged in the same way.
-MODEL_SETTINGS: dict[str, dict] = {
-    "tost-imagenet": {"drop_path": 0.05},
-    "crate-alpha-finetune": {"drop_path": 0.0},
-}
-
 
 def list_recipes() -> list[str]:
     return list(RECIPES)
@@ -112,21 +101,17 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def _pending(name: str) -> dict:
-    return {**DATA_SETTINGS.get(name, {}), **MODEL_SETTINGS.get(name, {})}
-
-
 def recipe_settings(name: str) -> dict:
-    """The ``TrainConfig`` fields recipe ``name`` sets (its own, plus the pending ones TrainConfig has)."""
+    """The ``TrainConfig`` fields recipe ``name`` sets."""
     fields = set(TrainConfig.field_names())
-    return {**get_recipe(name).settings, **{k: v for k, v in _pending(name).items() if k in fields}}
+    return {k: v for k, v in get_recipe(name).settings.items() if k in fields}
 
 
 def skipped_settings(name: str) -> dict:
-    """The recipe's settings of fields this ``TrainConfig`` does not have (not applied)."""
-    get_recipe(name)
+    """The recipe's settings of fields this ``TrainConfig`` does not have (not applied; empty for every recipe
+    of :data:`RECIPES`, which the tests check)."""
     fields = set(TrainConfig.field_names())
-    return {k: v for k, v in _pending(name).items() if k not in fields}
+    return {k: v for k, v in get_recipe(name).settings.items() if k not in fields}
 
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
