@@ -12,12 +12,16 @@ and Kendall's τ (τ_a, no tie correction, as ``kendall.md``) of each against th
 eigenvalues are stored (``eig_gap``), per width and seed, and per width over both seeds. The noise ceiling of a
 width is τ between its two seeds' gaps (over all its models in ``models.csv``).
 
+Why τ depends on ε: log(1 + αλ) ≈ log α + log λ where αλ ≫ 1 (the rate counts the rank and the log-spectrum)
+and ≈ αλ where αλ ≪ 1 (the rate is a squared Frobenius norm, ∝ 1/ε²); ``tau_eps_floor.csv`` gives, per ε, the
+share of the stored eigenvalues above the floor (αλ > 1 for R, βλ > 1 for R^c), averaged over models and layers.
+
 Checks: at ε = 0.1, √(p/N) and 1 the re-scored μ_SRR must reproduce the row's own ``srr`` columns (models whose
 row and eigenvalues come from the same training); the largest difference is in the summary.
 
 Run: ``python -m experiments.tau_eps [--models experiments/results/generalization/models.csv]`` or ``--quick`` (on
 the quick grid of ``experiments.generalization``, trained first if missing). Writes ``tau_eps.csv``,
-``tau_eps.png`` and ``tau_eps_summary.json`` beside ``models.csv`` (``--out`` to change).
+``tau_eps_floor.csv``, ``tau_eps.png`` and ``tau_eps_summary.json`` beside ``models.csv`` (``--out`` to change).
 """
 from __future__ import annotations
 
@@ -47,8 +51,7 @@ def model_curves(spectra: dict, eps: np.ndarray) -> dict[str, np.ndarray]:
 
     N, d, p = int(spectra["N"]), int(spectra["d"]), int(spectra["p"])
     L = int(spectra["layers"])
-    R = np.zeros(len(eps))
-    Rc = np.zeros(len(eps))
+    R, Rc, above_R, above_Rc = (np.zeros(len(eps)) for _ in range(4))
     l0 = 0.0
     for ell in range(L):
         Re, Rce = (spectra[f"R_eig_{ell}"].astype(np.float64), spectra[f"Rc_eig_{ell}"].astype(np.float64))
@@ -56,8 +59,10 @@ def model_curves(spectra: dict, eps: np.ndarray) -> dict[str, np.ndarray]:
             r, rc = rates_from_spectra(Re, Rce, N=N, d=d, p=p, eps=float(e))
             R[i] += r.mean() / L
             Rc[i] += rc.mean() / L
+            above_R[i] += np.mean(d / (N * e * e) * Re > 1) / L  # share of the spectrum above the ε-floor
+            above_Rc[i] += np.mean(p / (N * e * e) * Rce > 1) / L
         l0 += float(np.mean(spectra[f"l0_{ell}"])) / L
-    return {"srr": LAM * l0 + Rc - R, "rate_term": Rc - R, "Rc": Rc}
+    return {"srr": LAM * l0 + Rc - R, "rate_term": Rc - R, "Rc": Rc, "above_R": above_R, "above_Rc": above_Rc}
 
 
 def noise_ceilings(models: list[dict]) -> dict[int, float]:
@@ -102,7 +107,7 @@ def main(argv=None) -> dict:
     with_eig = [m for m in models if m.get("eig_file") not in (None, "") and (folder / m["eig_file"]).is_file()]
     ceilings = noise_ceilings(models)
 
-    rows, checks, curves = [], [], {}
+    rows, checks, curves, floor = [], [], {}, []
     widths = sorted({int(m["width"]) for m in with_eig})
     marks = {}
     for w in widths:
@@ -119,6 +124,11 @@ def main(argv=None) -> dict:
                     i = int(np.argmin(np.abs(eps - e)))
                     checks.append(abs(c["srr"][i] - float(m[col])) / max(1.0, abs(float(m[col]))))
         seeds = sorted({int(m["seed"]) for m in at})
+        for i, e in enumerate(eps):  # how much of the Gram spectra lies above the log-determinant's floor 1/α, 1/β
+            keys = [k for k in curves if k[0] == w]
+            floor.append({"width": w, "eps": float(e), "models": len(keys),
+                          "share_above_floor_R": float(np.mean([curves[k][0]["above_R"][i] for k in keys])),
+                          "share_above_floor_Rc": float(np.mean([curves[k][0]["above_Rc"][i] for k in keys]))})
         groups = [(f"seed {s}", [k for k in curves if k[0] == w and k[1] == s]) for s in seeds]
         if len(seeds) > 1:
             groups.append(("both seeds", [k for k in curves if k[0] == w]))
@@ -133,6 +143,8 @@ def main(argv=None) -> dict:
                                  "measure": measure, "tau": kendall_tau(values[:, i].tolist(), gaps, ties="a"),
                                  "noise_ceiling": ceilings.get(w, float("nan"))})
     write_csv(args.out / "tau_eps.csv", rows)
+    if floor:
+        write_csv(args.out / "tau_eps_floor.csv", floor)
     peaks = []
     for (w, label, measure), group in itertools.groupby(rows, key=lambda r: (r["width"], r["models"], r["measure"])):
         group = list(group)
@@ -144,7 +156,7 @@ def main(argv=None) -> dict:
                       "tau_eps2_d_over_N": at.get(round(marks[w]["eps_d_over_N"], 12)),
                       "noise_ceiling": ceilings.get(w)})
     if rows:
-        _plot(rows, marks, ceilings, args.out / "tau_eps.png")
+        _plot(rows, floor, marks, ceilings, args.out / "tau_eps.png")
     payload = summary(NAME, args, started, models_csv=str(args.models), models=len(models),
                       models_with_eigenvalues=len(with_eig), widths=widths, points=args.points, lam=LAM,
                       kendall="tau_a (Jiang et al., no tie correction)", noise_ceiling=ceilings, marks=marks,
@@ -154,10 +166,11 @@ def main(argv=None) -> dict:
     return payload
 
 
-def _plot(rows, marks, ceilings, path):
+def _plot(rows, floor, marks, ceilings, path):
     plt = pyplot()
     widths = sorted({r["width"] for r in rows})
-    fig, axes = plt.subplots(1, len(widths), figsize=(6.2 * len(widths), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(widths), figsize=(6.2 * len(widths), 6.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [2.2, 1]}, sharex="col")
     colors = dict(zip(MEASURES, ("C0", "C1", "C2")))
     styles = {"seed 0": "-", "seed 1": "--", "both seeds": ":"}
     for ax, w in zip(axes[0], widths):
@@ -183,6 +196,15 @@ def _plot(rows, marks, ceilings, path):
         ax.set(xscale="log", xlabel="ε", ylabel="Kendall τ with the generalization gap", ylim=(-1, 1),
                title=f"d = {w}, {m['N']} tokens (dots: τ's peak)")
         ax.legend(fontsize=6, loc="lower left")
+    for ax, w in zip(axes[1], widths):
+        at = sorted((r for r in floor if r["width"] == w), key=lambda r: r["eps"])
+        ax.plot([r["eps"] for r in at], [r["share_above_floor_R"] for r in at], color="k", label="R: αλ > 1")
+        ax.plot([r["eps"] for r in at], [r["share_above_floor_Rc"] for r in at], color="k", ls="--",
+                label="R^c: βλ > 1")
+        for key, color in (("eps_p_over_N", "C3"), ("eps_d_over_N", "C4")):
+            ax.axvline(marks[w][key], color=color, lw=1, ls=":")
+        ax.set(xscale="log", xlabel="ε", ylabel="share of the Gram spectra\nabove the floor", ylim=(0, 1.02))
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
