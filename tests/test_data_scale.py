@@ -1,6 +1,8 @@
 """The data pipeline at ImageNet scale (issue 20): the ``imagenet`` layout, ImageNet-style crops,
 augmentation from torchvision / timm, mixup / cutmix soft targets, repeated augmentation, ``fake`` data,
 the batch decode stage, and per-sample seeds (ranks differ; resume with workers is exact)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -349,3 +351,21 @@ def test_an_epoch_boundary_resume_with_workers_is_bit_identical(tmp_path):
     reference = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["state_dict"]
     for name, value in reference.items():
         assert torch.equal(final[name], value), name
+
+
+# ----------------------------------------------------------------------------------------- benchmark
+
+
+def test_the_loader_benchmark_times_both_pipelines_and_reports_the_ratio(tmp_path):
+    from srr.bench import bench_loader
+    from srr.cli.bench import _loader
+
+    result = bench_loader.main(["--quick", "--out", str(tmp_path / "loader.json")])
+    rates = result["images_per_s_per_worker"]
+    assert rates["srr"] > 0 and rates["torchvision"] > 0
+    assert result["ratio"] == pytest.approx(rates["srr"] / rates["torchvision"])
+    assert 60 < result["mean_jpeg_KiB"] < 200  # photographs' weight at 500 x 375, not flat colour
+    headline = _loader(result)[0]
+    assert headline.value == result["ratio"] and headline.target.startswith(">= 1")
+    filed = json.loads((tmp_path / "loader.json").read_text())
+    assert filed["command"].startswith("python -m srr.bench.bench_loader") and filed["result"] == result

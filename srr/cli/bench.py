@@ -75,6 +75,7 @@ GOALS = {
     "12.3": "float32 accuracy",
     "12.4": "compiled derived layers",
     "12.5": "speed vs public code and ViT",
+    "20": "data at ImageNet scale",
 }
 
 
@@ -191,6 +192,16 @@ def _causal(result) -> list[Headline]:
     return rows
 
 
+def _loader(result) -> list[Headline]:
+    """Issue 20's loader goal (``srr.bench.bench_loader``): the 224-px training pipeline against its base."""
+    rate = lambda key: _get(result, f"images_per_s_per_worker.{key}")  # noqa: E731
+    return [_check("224-px training pipeline vs torchvision ImageFolder + DataLoader: images/s ratio",
+                   _get(result, "ratio"), ">=", 1.0, issue="20"),
+            _check("srr loader, JPEGs ~500x375: images/s per worker", rate("srr"), unit="images/s"),
+            _check("GPU decode vs the CPU path: images/s ratio", _get(result, "gpu_decode_vs_cpu"), ">=", 3.0,
+                   issue="20")]
+
+
 def _train(result) -> list[Headline]:
     return [_check("default srr train: loader vs model images/s", _get(result, "ratio"), ">=", 1.0)]
 
@@ -209,6 +220,8 @@ BENCHES = [
     Bench("profile", "profile_train",
           lambda quick, dev: ["--device", dev] + (["--batch", "16", "--rounds", "1"] if quick else []), _profile),
     Bench("train", None, lambda quick, dev: [], _train),
+    Bench("loader", "bench_loader", lambda quick, dev: ["--device", dev] + (["--quick"] if quick else []), _loader,
+          default=False),
     Bench("gpu", "gpu", lambda quick, dev: ["--device", dev] + (["--tiny"] if quick else []), _gpu, default=False),
     Bench("causal", "bench_causal", lambda quick, dev: ["--device", dev] + (["--quick"] if quick else []), _causal,
           default=False),
