@@ -23,10 +23,11 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
     from srr.data import list_datasets
     from srr.models import list_models, list_variants
 
-    if model not in list_models():
-        raise fail(f"unknown model {model!r}; valid models: {', '.join(list_models())} (see: srr models)", USAGE)
-    if dataset not in list_datasets():
-        raise fail(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets())}", USAGE)
+    if model not in list_models(task=None):
+        raise fail(f"unknown model {model!r}; valid models: {', '.join(list_models(task=None))} (see: srr models)",
+                   USAGE)
+    if dataset not in list_datasets(task=None):
+        raise fail(f"unknown dataset {dataset!r}; valid datasets: {', '.join(list_datasets(task=None))}", USAGE)
     if variant is not None and variant not in list_variants():
         raise fail(f"unknown variant {variant!r}; valid variants: {', '.join(list_variants())}", USAGE)
 
@@ -44,7 +45,29 @@ def with_recipe(options, name: str, given: set[str], console):
     return config
 
 
+def lm_summary_table(result) -> Table:
+    """The table of a language-model run (srr/train/lm_loop.py)."""
+    table = Table(title=f"srr train: {result.config.model} on {result.config.dataset}", show_header=True,
+                  header_style="bold")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_row("val loss (nats per token)", f"{result.val_loss:.4f}")
+    table.add_row("train loss", f"{result.train_loss:.4f}")
+    if result.best_val_loss is not None:
+        table.add_row("best val loss", f"{result.best_val_loss:.4f} (step {result.best_step})")
+    table.add_row("steps", f"{result.global_step}")
+    table.add_row("parameters", f"{result.parameters:,}")
+    table.add_row("training time", f"{result.train_time_s:.1f} s")
+    table.add_row("throughput", f"{result.tokens_per_s:,.0f} tokens/s")
+    table.add_row("run folder", str(result.run_dir))
+    return table
+
+
 def summary_table(result) -> Table:
+    from srr.train.lm_loop import LMRunResult
+
+    if isinstance(result, LMRunResult):
+        return lm_summary_table(result)
     config = result.config
     table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
     table.add_column("metric", no_wrap=True)
@@ -81,7 +104,8 @@ def _variant_help() -> str:
 def _dataset_help() -> str:
     from srr.data import list_datasets
 
-    return f"Dataset: {', '.join(list_datasets())}."
+    return (f"Dataset: {', '.join(list_datasets())}; text, for language models: "
+            f"{', '.join(list_datasets(task='language'))}.")
 
 
 # Where an option differs from its TrainConfig field; every other field is an option as the field says
@@ -156,7 +180,10 @@ def train(
             config = resumed_config(TrainConfig.load(config_path), options, given_fields(ctx))
         else:
             config = options
-        check_data_dir(parsed["data_dir"], download=config_values["download"])
+        from srr.data import is_text_dataset
+
+        if not is_text_dataset(config.dataset):  # a text dataset's --data-dir may be a file
+            check_data_dir(parsed["data_dir"], download=config_values["download"])
         check_out_folder(out)
     # What the run itself finds wrong with its options (a patch size that does not divide the image size, a
     # layer index beyond the model) is a bad value too; missing data and unusable weights exit 1.
@@ -167,6 +194,8 @@ def train(
         if result.already_complete:
             return  # nothing was written: the table is the run's own summary.json
         plots = ", ".join(str(p) for p in result.plots)
-        console.print(f"wrote {result.run_dir}/config.json, metrics.jsonl, summary.json, checkpoints/latest.pt"
-                      + (", checkpoints/best.pt" if result.best_epoch else "") + (f"; plots: {plots}" if plots else ""),
+        best = getattr(result, "best_epoch", None) or getattr(result, "best_step", None)
+        extra = ", sample.txt" if getattr(result, "sample", None) is not None else ""
+        console.print(f"wrote {result.run_dir}/config.json, metrics.jsonl, summary.json{extra}, checkpoints/latest.pt"
+                      + (", checkpoints/best.pt" if best else "") + (f"; plots: {plots}" if plots else ""),
                       highlight=False)

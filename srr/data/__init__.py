@@ -1,4 +1,5 @@
-"""Datasets for `srr`: embedded ``digits``, synthetic ``subspaces``, CIFAR, MNIST, ImageFolder.
+"""Datasets for `srr`: embedded ``digits``, synthetic ``subspaces``, CIFAR, MNIST, ImageFolder; text for
+language models (``load_text_dataset``: ``shakespeare-char``, ``text``, ``textfile``; srr/data/text.py).
 
 ``load_dataset(name, split=...)`` returns a ``torch.utils.data.Dataset`` of
 ``(image (C, H, W), label)`` carrying ``.info`` (:class:`DatasetInfo`) and ``.classes``;
@@ -11,12 +12,19 @@ from .registry import dataset_info, list_datasets, load_dataset, register_datase
 from .sampler import EpochSampler, SeededEpochSampler, make_loader
 from .subspaces import make_subspaces
 from .tensors import TensorImageDataset, as_tensors, random_flip, random_shift
+from .text import TEXT_DATASETS, TextCorpus, Vocabulary, is_text_dataset, load_text_dataset, random_blocks
 
 __all__ = [
     "Augmentation",
     "BatchMix",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "TEXT_DATASETS",
+    "TextCorpus",
+    "Vocabulary",
+    "is_text_dataset",
+    "load_text_dataset",
+    "random_blocks",
     "EpochSampler",
     "TensorImageDataset",
     "as_tensors",

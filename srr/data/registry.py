@@ -26,6 +26,7 @@ from .info import DatasetInfo
 from .mnist import FORMATS as MNIST_FORMATS, load_mnist, mnist_info
 from .subspaces import load_subspaces, subspaces_info
 from .tensors import TensorImageDataset
+from .text import TEXT_DATASETS, is_text_dataset
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 def register_dataset(name: str, load: Callable[..., Dataset], info: Callable[..., DatasetInfo], *,
                      streams: bool = False) -> None:
     """Make ``name`` loadable; the dataset ``load`` returns must carry ``.info`` and ``.classes``."""
-    if name in _REGISTRY:
+    if name in _REGISTRY or is_text_dataset(name):
         raise ValueError(f"dataset name must be new, got {name!r}, which is already registered")
     _REGISTRY[name] = DatasetEntry(load, info, streams)
 
@@ -53,12 +54,21 @@ def streams_files(name: str) -> bool:
     return _entry(name).streams
 
 
-def list_datasets() -> list[str]:
-    """The registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+TASKS = ("image", "language")
+
+
+def list_datasets(*, task: str | None = "image") -> list[str]:
+    """The registered dataset names, sorted: of images (``load_dataset``), of text for language models
+    (``task="language"``: ``srr.data.load_text_dataset``), or both (``task=None``)."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} or None, got {task!r}")
+    return sorted([*(_REGISTRY if task != "language" else ()), *(TEXT_DATASETS if task != "image" else ())])
 
 
 def _entry(name: str) -> DatasetEntry:
+    if is_text_dataset(name):
+        raise ValueError(f"dataset {name!r} is a text dataset, not images: load it with "
+                         f"srr.data.load_text_dataset({name!r}, data_dir=...)")
     if name not in _REGISTRY:
         raise ValueError(f"dataset must be one of {list_datasets()}, got {name!r}")
     return _REGISTRY[name]

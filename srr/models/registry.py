@@ -17,10 +17,14 @@ from srr.models.config import VARIANTS
 from srr.models.crate import CRATE
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}  # name -> "image" (CRATE classifiers) or "language" (srr/models/lm.py)
+TASKS = ("image", "language")
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None):
-    """Register ``fn`` (decorator, with or without ``name=``). Re-registering a name raises."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, task: str = "image"):
+    """Register ``fn`` (decorator, with or without ``name=``) as a model of ``task`` ("image": images to
+    logits, "language": token ids to next-token logits). Re-registering a name raises."""
+    check_choice(task, "task", TASKS)
 
     def add(f):
         key = name or f.__name__
@@ -29,14 +33,25 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
         if key in _MODELS and _MODELS[key] is not f:
             raise ValueError(f"a model named {key!r} is already registered")
         _MODELS[key] = f
+        _TASKS[key] = task
         return f
 
     return add(fn) if fn is not None else add
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching the shell-style ``pattern`` (fnmatch), sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+def list_models(pattern: str = "*", *, task: str | None = "image") -> list[str]:
+    """Registered names matching the shell-style ``pattern`` (fnmatch), sorted: image models (the default),
+    language models (``task="language"``), or both (``task=None``)."""
+    if task is not None:
+        check_choice(task, "task", TASKS)
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern) and task in (None, _TASKS[n]))
+
+
+def model_task(name: str) -> str:
+    """``"image"`` or ``"language"``: what the registered model ``name`` reads."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; registered models: {list_models(task=None)}")
+    return _TASKS[name]
 
 
 def list_variants() -> list[str]:
@@ -83,5 +98,5 @@ def create_model(name: str | None = None, *, num_classes: int | None = None, ima
 
 def _build(name: str, **given) -> nn.Module:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {list_models()}")
+        raise ValueError(f"unknown model {name!r}; registered models: {list_models(task=None)}")
     return _MODELS[name](**given)

@@ -12,7 +12,7 @@ so a field added here with a comment is a command-line option at once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from srr._checks import check_choice, check_eps, check_int, check_lam, check_nonnegative, check_number, check_positive
@@ -101,6 +101,12 @@ class TrainConfig(ConfigBase):
     threads: int | None = None  # intra-op CPU threads during the run; None: torch's default
     logger: str | None = None  # per-step scalars: "jsonl" (log.jsonl), "csv" (steps.csv, epochs.csv), "tensorboard"
     log_every: int = 10  # optimiser steps between two per-step records of the logger, progress updates and NaN checks
+    # language models (text datasets: shakespeare-char, text, textfile; srr/train/lm_loop.py)
+    max_iters: int = 2000  # optimiser steps of a language-model run (image runs count --epochs)
+    eval_every: int = 250  # steps between two estimates of the train and validation loss (each also checkpoints)
+    eval_iters: int = 200  # batches of random blocks per split in one loss estimate (nanoGPT's eval_iters)
+    warmup_iters: int = 100  # steps of linear learning-rate warm-up of a language-model run (image runs: --warmup)
+    context: int | None = None  # tokens per training block; None: the model's context (nano 64, small 256)
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", minimum=1)
@@ -161,6 +167,12 @@ class TrainConfig(ConfigBase):
         for name in ("model", "dataset", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        for name in ("max_iters", "eval_every", "eval_iters"):
+            check_int(getattr(self, name), name, minimum=1)
+        check_int(self.warmup_iters, "warmup_iters", minimum=0)
+        if self.context is not None:
+            check_int(self.context, "context", minimum=1)
+        check_task_options(self)
 
     def augmentation(self):
         """The per-image training augmentation these options ask for (:class:`srr.data.Augmentation`)."""
@@ -193,6 +205,42 @@ class TrainConfig(ConfigBase):
         if isinstance(data, dict):
             data.pop("resolved", None)  # what the run resolved (model config, device, versions): a record only
         return cls.from_dict(data)
+
+
+# What a language-model run (a text dataset) reads: its own fields and these shared ones. Every other field is
+# an image run's; set away from its default for the other kind of run, a field is an error.
+LANGUAGE_ONLY = ("max_iters", "eval_every", "eval_iters", "warmup_iters", "context")
+SHARED = ("model", "dropout", "model_eps", "dataset", "data_dir", "download", "batch_size", "lr", "min_lr",
+          "weight_decay", "optimizer", "momentum", "grad_clip", "betas", "out", "seed", "device", "amp", "compile",
+          "resume", "checkpoint_every", "deterministic", "threads", "logger", "log_every")
+
+
+def check_task_options(config: TrainConfig) -> None:
+    """A one-line ValueError when ``config`` sets an option of image runs for a text dataset (or the reverse),
+    or pairs a language model with images (or the reverse). Options at their defaults are not "set"."""
+    from srr.data import is_text_dataset
+
+    text = is_text_dataset(config.dataset)
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    image_only = [name for name in defaults if name not in SHARED + LANGUAGE_ONLY]
+    foreign = [name for name in (image_only if text else LANGUAGE_ONLY) if getattr(config, name) != defaults[name]]
+    if foreign:
+        kind, other = ("text", "image") if text else ("image", "text")
+        listed = ", ".join(f"{option_name(n)} {getattr(config, n)!r}" for n in foreign)
+        raise ValueError(f"{listed}: {'option applies' if len(foreign) == 1 else 'options apply'} to {other} "
+                         f"datasets only, and --dataset {config.dataset} is a{'n' if kind == 'image' else ''} "
+                         f"{kind} dataset; drop {'it' if len(foreign) == 1 else 'them'}")
+    from srr.models.registry import _MODELS, model_task
+
+    if config.model in _MODELS:
+        task = model_task(config.model)
+        if (task == "language") != text:
+            from srr.models import list_models
+
+            want = "language" if text else "image"
+            raise ValueError(f"--model {config.model} is a{'n' if task == 'image' else ''} {task} model and --dataset "
+                             f"{config.dataset} a{'' if text else 'n'} {'text' if text else 'image'} dataset; "
+                             f"pick a {want} model: {', '.join(list_models(task=want))}")
 
 
 def parse_layers(text: str) -> str | list[int]:

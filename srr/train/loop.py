@@ -144,10 +144,17 @@ def train(config: TrainConfig, *, console: Console | None = None, callbacks: Seq
 
     Raises ``ValueError``/``FileNotFoundError`` for bad options, data or run folders,
     :class:`NonFiniteLossError` when the loss diverges, :class:`TrainingInterrupted` after
-    saving on SIGTERM/Ctrl-C.
+    saving on SIGTERM/Ctrl-C. A text dataset trains a language model: :func:`srr.train.lm_loop.train_lm`,
+    which returns an ``LMRunResult``.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    from srr.data import is_text_dataset
+
+    if is_text_dataset(config.dataset):
+        from .lm_loop import train_lm
+
+        return train_lm(config, console=console, callbacks=callbacks, defaults=defaults)
     env = D.setup(config.device, group_of_one=config.fsdp)
     try:
         with deterministic_algorithms(config.deterministic), cpu_threads(config.threads):
