@@ -15,7 +15,7 @@ atomic ``checkpoints/latest.pt`` and ``best.pt``, plots, ``summary.json``), exac
   clipping, bfloat16 autocast, ``torch.compile``.
 - Every ``eval_every`` steps and at the end: the loss on ``eval_iters`` batches of blocks of each split
   (nanoGPT's ``estimate_loss``), drawn from a fixed seed, so that every evaluation of every run scores the same
-  blocks; under DDP each rank scores a share of the batches. A ``metrics.jsonl`` row, ``latest.pt``, and
+  blocks; under DDP each rank scores its share of each batch, as in training. A ``metrics.jsonl`` row, ``latest.pt``, and
   ``best.pt`` on a new best validation loss. ``summary.json``: ``val_loss`` (nats per token: per character
   for ``shakespeare-char``), ``best_val_loss``, tokens/s, parameters; ``sample.txt``: a continuation sampled
   from a newline.
@@ -54,7 +54,7 @@ from .schedule import WarmupCosine
 from .state import capture_rng, restore_rng, seed_everything
 
 EVAL_SEED = 0  # the evaluation blocks: the same for every run, whatever its --seed
-SAMPLE_TOKENS = 500  # length of sample.txt
+SAMPLE_TOKENS = 200  # length of sample.txt
 
 
 @dataclass
@@ -314,9 +314,9 @@ class _LMTrainer:
         out = {}
         for stream, split in enumerate(("train", "val"), start=1):
             sums = torch.zeros(2, dtype=torch.float64, device=env.device)
-            for i in range(env.rank, config.eval_iters, env.world_size):
+            for i in range(config.eval_iters):  # batch i: the global batch of all ranks, as in training
                 x, y = random_blocks(self.data.split(split), batch_size=config.batch_size, context=self.context,
-                                     seed=EVAL_SEED, step=i, stream=stream)
+                                     seed=EVAL_SEED, step=i, stream=stream, rank=env.rank, world_size=env.world_size)
                 with autocast(env.device, config.amp):
                     logits = model(x.to(env.device))  # (B, T, vocab)
                 sums[0] += F.cross_entropy(logits.float().flatten(0, 1), y.to(env.device).flatten()).double()
