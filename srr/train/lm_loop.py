@@ -16,9 +16,9 @@ atomic ``checkpoints/latest.pt`` and ``best.pt``, plots, ``summary.json``), exac
 - Every ``eval_every`` steps and at the end: the loss on ``eval_iters`` batches of blocks of each split
   (nanoGPT's ``estimate_loss``), drawn from a fixed seed, so that every evaluation of every run scores the same
   blocks; under DDP each rank scores its share of each batch, as in training. A ``metrics.jsonl`` row,
-  ``latest.pt``, and ``best.pt`` on a new best validation loss. ``summary.json``: ``val_loss`` (nats per token: per character
-  for ``shakespeare-char``), ``best_val_loss``, tokens/s, parameters; ``sample.txt``: a continuation sampled
-  from a newline.
+  ``latest.pt``, and ``best.pt`` on a new best validation loss. ``summary.json``: ``val_loss`` (nats per
+  token: per character for ``shakespeare-char``), ``best_val_loss``, tokens/s, parameters; ``sample.txt``:
+  a continuation sampled from a newline.
 """
 from __future__ import annotations
 
