@@ -5,8 +5,8 @@ Time and peak memory of one causal compression layer at d = 384, K = 6, batch 1,
 positions: ``forward`` (no grad) and ``train`` (forward + backward into the input and every parameter).
 ``srr.layers.CausalTSSA`` (E16, ToST's) is linear in T by cumulative sums; ``srr.layers.CausalMSSA`` (E15,
 SDPA with ``is_causal=True``) quadratic in time; ``srr.layers.CausalExactCompression`` (E14) linear, with one
-p×p Cholesky solve per position and head. Each (layer, T, pass) runs in a fresh process (``bench_tssa``'s
-``_measure``: peak memory of the first run, then the best of ``--repeats``); CPU peak memory is the peak
+p×p Cholesky solve per position and head. Each (layer, T) runs in a fresh process, forward then train
+(peak memory of each pass's first run, then the best of ``--repeats``); CPU peak memory is the peak
 resident set above the inputs and weights (CUDA: ``max_memory_allocated``).
 
 TSSA and SDPA are measured over every T first, then the exact step. Budgets keep a CPU run to about five
@@ -40,7 +40,7 @@ PASSES = ("forward", "train")
 FULL_TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 QUICK_TOKENS = (256, 1024)
 TIME_ORDER = {"tssa": 1, "sdpa": 2, "exact": 1}  # how time grows with T
-SPAWN_S = 3.0  # a fresh process: interpreter, torch import, layer
+SPAWN_S = 2.0  # a share of a fresh process (interpreter, torch import, layer), one per (layer, T)
 
 
 def make_layer(name: str, dim: int, heads: int, tokens: int) -> torch.nn.Module:
@@ -53,9 +53,11 @@ def make_layer(name: str, dim: int, heads: int, tokens: int) -> torch.nn.Module:
     return CausalExactCompression(dim, heads=heads, eps=0.5, step_size=0.1)
 
 
-def _measure(name: str, tokens: int, mode: str, dim: int, heads: int, device: str, threads: int, repeats: int,
-             queue) -> None:
-    """One (layer, T, pass) in this fresh process: peak memory of the first run, then the best time."""
+def _measure(name: str, tokens: int, modes: list[str], dim: int, heads: int, device: str, threads: int,
+             repeats: int, queue) -> None:
+    """One (layer, T) in this fresh process, its passes in turn (``forward`` first): for each, the peak memory of
+    its first run (the process's high-water mark, so a ``train`` after a ``forward`` reads the larger of the
+    two: the train pass's own, which holds the forward's activations), then the best of ``repeats`` timed runs."""
     from srr.bench.bench_tssa import _rss_bytes
 
     torch.set_num_threads(threads)
@@ -63,47 +65,48 @@ def _measure(name: str, tokens: int, mode: str, dim: int, heads: int, device: st
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     layer = make_layer(name, dim, heads, tokens).to(dev)
-    x = torch.randn(1, tokens, dim, device=dev, requires_grad=mode == "train")
+    x = torch.randn(1, tokens, dim, device=dev)
+    base = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+    rows = []
+    for mode in modes:
+        def run():
+            if mode == "forward":
+                with torch.no_grad():
+                    layer(x)
+            else:
+                xg = x.detach().requires_grad_()
+                layer(xg).square().sum().backward()
+                layer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
 
-    def run():
-        if mode == "forward":
-            with torch.no_grad():
-                layer(x)
-        else:
-            layer(x).square().sum().backward()
-            x.grad = None
-            layer.zero_grad(set_to_none=True)
         if cuda:
-            torch.cuda.synchronize()
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() - base if cuda
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
-    best = first if repeats == 0 else float("inf")
-    for _ in range(repeats):
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - t0)
-    queue.put({"layer": name, "tokens": tokens, "pass": mode, "seconds": best, "first_seconds": first,
-               "peak_mib": max(peak, 0) / 2**20})
+        first = time.perf_counter() - t0
+        peak = (torch.cuda.max_memory_allocated() - base if cuda
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        best = first if repeats == 0 else float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t0)
+        rows.append({"layer": name, "tokens": tokens, "pass": mode, "seconds": best, "first_seconds": first,
+                     "peak_mib": max(peak, 0) / 2**20})
+    queue.put(rows)
 
 
-def measure(name: str, tokens: int, mode: str, *, dim: int, heads: int, device: str, threads: int,
-            repeats: int) -> dict:
+def measure(name: str, tokens: int, modes: list[str], *, dim: int, heads: int, device: str, threads: int,
+            repeats: int) -> list[dict]:
+    """The rows of ``modes`` (passes) of one (layer, T), measured in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(name, tokens, mode, dim, heads, device, threads, repeats, queue))
+    proc = ctx.Process(target=_measure, args=(name, tokens, list(modes), dim, heads, device, threads, repeats, queue))
     proc.start()
-    row = queue.get()
+    rows = queue.get()
     proc.join()
-    return row
+    return rows
 
 
 def _predicted(last: dict, name: str, tokens: int, repeats: int) -> tuple[float, float]:
@@ -173,8 +176,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after the first (memory) run; best kept")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--time-budget-s", type=float, default=45.0,
-                        help="skip a measurement predicted to take longer (default 45 s)")
+    parser.add_argument("--time-budget-s", type=float, default=60.0,
+                        help="skip a measurement predicted to take longer (default 60 s)")
     parser.add_argument("--memory-budget-gib", type=float, default=4.0,
                         help="skip a measurement predicted to need more memory (default 4 GiB)")
     parser.add_argument("--max-seconds", type=float, default=300.0,
@@ -189,32 +192,36 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     rows, skipped, last = [], [], {}
     # TSSA and SDPA over every T first (the comparison the benchmark is for), then the exact step with the time left
-    order = [(T, mode, name) for T in sorted(tokens) for mode in PASSES for name in ("tssa", "sdpa")]
-    order += [(T, mode, "exact") for T in sorted(tokens) for mode in PASSES]
-    for T, mode, name in order:
-        key = (name, mode)
-        reason = None
-        if time.perf_counter() - start > args.max_seconds:
-            reason = f"the run passed --max-seconds {args.max_seconds:g}"
-        elif key in last and last[key] is None:
-            reason = "a shorter context was already skipped"
-        elif key in last:
-            secs, mib = _predicted(last[key], name, T, args.repeats)
-            if secs > args.time_budget_s:
-                reason = f"predicted {secs:.0f} s > --time-budget-s {args.time_budget_s:g}"
-            elif mib > args.memory_budget_gib * 1024:
-                reason = f"predicted {mib / 1024:.1f} GiB > --memory-budget-gib {args.memory_budget_gib:g}"
-        if reason:
-            skipped.append({"layer": name, "tokens": T, "pass": mode, "reason": reason})
-            last[key] = None
-            print(f"{NAMES[name]:<34} T={T:<6} {mode:<7} skipped: {reason}", flush=True)
+    order = [(T, name) for T in sorted(tokens) for name in ("tssa", "sdpa")] + [(T, "exact") for T in sorted(tokens)]
+    for T, name in order:
+        modes = []
+        for mode in PASSES:
+            key = (name, mode)
+            reason = None
+            if time.perf_counter() - start > args.max_seconds:
+                reason = f"the run passed --max-seconds {args.max_seconds:g}"
+            elif key in last and last[key] is None:
+                reason = "a shorter context was already skipped"
+            elif key in last:
+                secs, mib = _predicted(last[key], name, T, args.repeats)
+                if secs > args.time_budget_s:
+                    reason = f"predicted {secs:.0f} s > --time-budget-s {args.time_budget_s:g}"
+                elif mib > args.memory_budget_gib * 1024:
+                    reason = f"predicted {mib / 1024:.1f} GiB > --memory-budget-gib {args.memory_budget_gib:g}"
+            if reason:
+                skipped.append({"layer": name, "tokens": T, "pass": mode, "reason": reason})
+                last[key] = None
+                print(f"{NAMES[name]:<34} T={T:<6} {mode:<7} skipped: {reason}", flush=True)
+            else:
+                modes.append(mode)
+        if not modes:
             continue
-        row = measure(name, T, mode, dim=args.dim, heads=args.heads, device=device, threads=threads,
-                      repeats=args.repeats)
-        rows.append(row)
-        last[key] = row
-        print(f"{NAMES[name]:<34} T={T:<6} {mode:<7} {row['seconds']:.4g} s  {row['peak_mib']:.0f} MiB",
-              flush=True)
+        for row in measure(name, T, modes, dim=args.dim, heads=args.heads, device=device, threads=threads,
+                           repeats=args.repeats):
+            rows.append(row)
+            last[(name, row["pass"])] = row
+            print(f"{NAMES[name]:<34} T={T:<6} {row['pass']:<7} {row['seconds']:.4g} s  {row['peak_mib']:.0f} MiB",
+                  flush=True)
     largest = {}
     for mode in PASSES:
         common = [T for T in sorted(tokens) if all(any(r["layer"] == n and r["tokens"] == T and r["pass"] == mode

@@ -173,6 +173,8 @@ def derive_step(objective: Term | Objective, step_size: StepSize) -> Step:
     >>> Z_next = step(Z, U=U)          # Z − 0.1 ∇_Z R^c(Z; U)            (E6)
     >>> ista = derive_step(LeastSquares() + L1(lam=0.1) + NonNegative(), step_size=0.1)
     >>> Z_next = ista(X, X=X, D=D)     # ReLU(X + 0.1 (X − X Dᵀ) D − 0.01)  (E10)
+    >>> causal = derive_step(CausalCompressedCodingRate(eps=0.5), step_size="auto")
+    >>> Z_next = causal(Z, U=U)        # z_t − κ_t ∇_{z_t} R^c(Z_{≤t}), prefix held, κ_t = 1/L_t  (E14)
     """
     objective = Objective.of(objective)
     if not objective.terms:
