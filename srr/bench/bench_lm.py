@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,13 +58,13 @@ def _machine(threads: int | None) -> dict:
 
 
 def run_model(name: str, *, data_dir: str, out_dir: Path, max_iters: int, eval_every: int, eval_iters: int,
-              threads: int | None, log=print) -> dict:
+              threads: int | None, log=print, dataset: str = "shakespeare-char") -> dict:
     """Train (or resume, or read back) ``name``'s run in ``out_dir/name``; its numbers as a dict."""
     from srr.train import TrainConfig, train
 
     run = out_dir / name
     summary_path = run / "summary.json"
-    config = TrainConfig(dataset="shakespeare-char", data_dir=data_dir, model=name, max_iters=max_iters,
+    config = TrainConfig(dataset=dataset, data_dir=data_dir, model=name, max_iters=max_iters,
                          eval_every=eval_every, eval_iters=eval_iters, seed=0, device="cpu", threads=threads,
                          out=str(run), resume=(run / "checkpoints" / "latest.pt").is_file(), **NANOGPT)
     start = time.perf_counter()
@@ -101,7 +102,8 @@ def compare(models: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/tinyshakespeare")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_lm"), help="one run folder per model")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="one run folder per model; default runs/bench_lm (--quick: a temporary folder)")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--max-iters", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -110,12 +112,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="20 iterations, 2 evaluation batches (a smoke run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    temporary = None
     if args.quick:
         args.max_iters, args.eval_every, args.eval_iters = 20, 10, 2
+        if args.out_dir is None:
+            temporary = tempfile.TemporaryDirectory(prefix="srr-bench-lm-")
+            args.out_dir = Path(temporary.name)
+    args.out_dir = args.out_dir or Path("runs/bench_lm")
+    dataset = "shakespeare-char"
+    from srr.data.text import shakespeare_path
+
+    if args.quick and not shakespeare_path(args.data_dir).is_file():  # a smoke run from anywhere: text of its own
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        args.data_dir = str(args.out_dir / "pangrams.txt")
+        Path(args.data_dir).write_text("The quick brown fox jumps over the lazy dog.\nPack my box with five dozen "
+                                       "liquor jugs!\n" * 200)
+        dataset = "text"
     start = time.time()
     result = {"command": " ".join([Path(sys.executable).name, "-m", "srr.bench.bench_lm", *(argv or sys.argv[1:])]),
               "commit": _commit(), "machine": _machine(args.threads),
-              "configuration": {"dataset": "shakespeare-char", "max_iters": args.max_iters, "context": 64,
+              "configuration": {"dataset": dataset, "max_iters": args.max_iters, "context": 64,
                                 "eval_every": args.eval_every, "eval_iters": args.eval_iters, "seed": 0, **NANOGPT},
               "baseline": BASELINE, "nanogpt_reported_val_loss": NANOGPT_VAL_LOSS,
               "goal": f"tost_lm or crate_lm within {GOAL_LOSS_GAP} nats of {BASELINE} at >= {GOAL_SPEED}x its tokens/s",
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["models"][name] = run_model(name, data_dir=args.data_dir, out_dir=args.out_dir,
                                            max_iters=args.max_iters, eval_every=args.eval_every,
                                            eval_iters=args.eval_iters, threads=args.threads,
-                                           log=lambda m: print(m, flush=True))
+                                           log=lambda m: print(m, flush=True), dataset=dataset)
         save()  # after each model: a stopped benchmark keeps what it measured
     save()
     met = [n for n in ("tost_lm_nano", "crate_lm_nano") if result["comparison"].get(n, {}).get("goal_met")]
@@ -143,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
         m = result["models"][name]
         print(f"{name:>22}: val {m['val_loss']:.4f}  gap {c['val_loss_gap']:+.4f} nats  "
               f"{m['tokens_per_s']:,.0f} tokens/s ({c['tokens_per_s_ratio']:.2f}x)  {m['parameters']:,} params")
+    if temporary is not None:
+        temporary.cleanup()
     return result
 
 

@@ -202,6 +202,18 @@ def _loader(result) -> list[Headline]:
                    issue="20")]
 
 
+def _lm(result) -> list[Headline]:
+    """Issue 23's goal (``srr.bench.bench_lm``): white-box language models against nanoGPT's GPT, CPU configuration."""
+    rows = [_check("gpt_lm_nano: validation loss, nats per character (nanoGPT reports 1.88)",
+                   _get(result, "models.gpt_lm_nano.val_loss"), unit="nats")]
+    for name in ("crate_lm_nano", "tost_lm_nano", "crate_lm_exact_nano"):
+        rows.append(_check(f"{name}: validation loss above the GPT's", _get(result, f"comparison.{name}.val_loss_gap"),
+                           "<=", 0.1, unit="nats"))
+        rows.append(_check(f"{name}: training tokens/s vs the GPT's",
+                           _get(result, f"comparison.{name}.tokens_per_s_ratio"), ">=", 0.9))
+    return rows
+
+
 def _train(result) -> list[Headline]:
     return [_check("default srr train: loader vs model images/s", _get(result, "ratio"), ">=", 1.0)]
 
@@ -225,6 +237,7 @@ BENCHES = [
     Bench("gpu", "gpu", lambda quick, dev: ["--device", dev] + (["--tiny"] if quick else []), _gpu, default=False),
     Bench("causal", "bench_causal", lambda quick, dev: ["--device", dev] + (["--quick"] if quick else []), _causal,
           default=False),
+    Bench("lm", "bench_lm", lambda quick, dev: ["--quick"] if quick else [], _lm, default=False),
 ]
 
 
