@@ -14,6 +14,7 @@ evaluated at S; ``"auto"`` takes ``rrc`` from :data:`RRC_FROM` pixels up and ``p
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -175,7 +176,9 @@ class BatchMix:
     def active(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
 
+    @functools.cached_property
     def transform(self):
+        """torchvision's ``MixUp``, ``CutMix``, or a ``RandomChoice`` of the two (built once)."""
         from torchvision.transforms import v2
 
         mixes = [v2.MixUp(alpha=self.mixup, num_classes=self.num_classes)] if self.mixup > 0 else []
@@ -184,4 +187,4 @@ class BatchMix:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, C, H, W), labels (B,))`` → ``(mixed images, soft targets (B, num_classes) float)``."""
-        return self.transform()(images, labels)
+        return self.transform(images, labels)

@@ -98,8 +98,8 @@ def load_run_data(config: TrainConfig) -> RunData:
     if n - n_val < 1:
         raise ValueError(f"val_fraction={fraction} leaves no training images out of {n}")
     if n_val:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-        val_idx, train_idx = sorted(order[:n_val].tolist()), order[n_val:].tolist()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED)).tolist()
+        val_idx, train_idx = sorted(order[:n_val]), order[n_val:]
     else:
         val_idx, train_idx = [], range(n)
     if config.train_subset is not None:
