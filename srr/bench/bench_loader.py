@@ -138,11 +138,14 @@ def _write(path: Path, argv, result: dict) -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "srr/data", "srr/train/data.py", "srr/bench"],
-                           capture_output=True, text=True, cwd=Path(__file__).parents[2]).stdout.strip()
+    used = ["srr/data/imagefolder.py", "srr/data/augment.py", "srr/data/seeding.py", "srr/data/sampler.py",
+            "srr/data/registry.py", "srr/train/data.py", "srr/bench/bench_loader.py"]  # the code this bench times
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *used], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[2]).stdout.strip()
     args = sys.argv[1:] if argv is None else list(argv)
     payload = {"command": " ".join(["python -m srr.bench.bench_loader", *args]),
-               "commit": commit + (" (with uncommitted changes under srr/data, srr/bench)" if dirty else ""),
+               "commit": commit + (f" with uncommitted changes to {', '.join(sorted(set(dirty.split())) - {'M', '??'})}"
+                                  if dirty else ""),
                "machine": machine("cpu"), "load_average": list(os.getloadavg()), "result": result}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
