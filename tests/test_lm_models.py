@@ -150,3 +150,19 @@ def test_bad_configs_and_inputs_name_the_problem():
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="integer token ids"):
         model(torch.zeros(1, 4))
+
+
+def test_a_saved_language_model_loads_back_strictly(tmp_path):
+    from srr.models import save_checkpoint
+    from srr.models.checkpoints import CheckpointError
+    from srr.models.lm import load_language_model
+
+    torch.manual_seed(0)
+    model = create_model("tost_lm_nano", vocab_size=9)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    again = load_language_model(path)
+    assert again.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    save_checkpoint(create_model("crate_nano"), tmp_path / "image.pt")
+    with pytest.raises(CheckpointError, match="language model"):
+        load_language_model(tmp_path / "image.pt")

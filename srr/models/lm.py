@@ -290,6 +290,28 @@ class LanguageModel(nn.Module):
         return idx
 
 
+def load_language_model(path) -> LanguageModel:
+    """The model saved at ``path``: an ``srr train`` run folder of a language model (its ``checkpoints/latest.pt``)
+    or such a checkpoint file; loading is strict (srr.models.checkpoints)."""
+    from pathlib import Path
+
+    from srr.models.checkpoints import (CheckpointError, check_version, is_srr_checkpoint, load_state_dict_strict,
+                                        read_checkpoint)
+
+    path = Path(path)
+    file = path / "checkpoints" / "latest.pt" if path.is_dir() else path
+    obj = read_checkpoint(file)
+    source = f"checkpoint {str(file)!r}"
+    if not is_srr_checkpoint(obj):
+        raise CheckpointError(f"{source} is not an srr checkpoint")
+    check_version(obj, source)
+    try:
+        config = LMConfig.from_dict(obj["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source} does not hold a language model's config: {e}") from e
+    return load_state_dict_strict(LanguageModel(config), obj["state_dict"], source=source)
+
+
 # ----- registry ------------------------------------------------------------------------------------
 FAMILIES = {"crate": "crate_lm", "crate_exact": "crate_lm_exact", "crate_derived": "crate_lm_derived",
             "tost": "tost_lm", "gpt": "gpt_lm"}  # variant -> registry family: crate_lm_nano, tost_lm_small, ...
