@@ -81,7 +81,9 @@ def run_model(name: str, *, data_dir: str, out_dir: Path, max_iters: int, eval_e
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     out = {k: summary[k] for k in ("val_loss", "best_val_loss", "best_step", "train_loss", "tokens_per_s",
                                    "train_time_s", "parameters", "global_step")}
-    out.update(wall_s_this_call=wall, run_dir=str(run), sample=summary.get("sample", "")[:300],
+    started = (run / "config.json").stat().st_mtime  # written when the run started (or last resumed with changes)
+    out.update(wall_s_this_call=wall, wall_s_run=summary_path.stat().st_mtime - started, run_dir=str(run),
+               sample=summary.get("sample", "")[:300],
                curve=[(r["step"], r["train_loss"], r["val_loss"]) for r in rows])
     log(f"{name}: val loss {out['val_loss']:.4f} (best {out['best_val_loss']:.4f}), {out['tokens_per_s']:,.0f} "
         f"tokens/s, {out['parameters']:,} parameters")
@@ -199,6 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
               "baseline": BASELINE, "nanogpt_reported_val_loss": NANOGPT_VAL_LOSS,
               "goal": f"tost_lm or crate_lm within {GOAL_LOSS_GAP} nats of {BASELINE} at >= {GOAL_SPEED}x its tokens/s",
               "models": {}}
+
+    if args.json is not None and args.json.is_file():  # a continued benchmark: keep how it started
+        earlier = json.loads(args.json.read_text())
+        result["earlier_calls"] = [*earlier.get("earlier_calls", []),
+                                   {k: earlier.get(k) for k in ("command", "commit", "machine", "wall_s")}]
 
     def save() -> None:
         result["comparison"] = compare(result["models"])
