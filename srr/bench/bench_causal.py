@@ -7,7 +7,8 @@ positions: ``forward`` (no grad) and ``train`` (forward + backward into the inpu
 SDPA with ``is_causal=True``) quadratic in time; ``srr.layers.CausalExactCompression`` (E14) linear, with one
 p×p Cholesky solve per position and head. Each (layer, T) runs in a fresh process, forward then train
 (peak memory of each pass's first run, then the best of ``--repeats``); CPU peak memory is the peak
-resident set above the inputs and weights (CUDA: ``max_memory_allocated``).
+resident set above the inputs and weights, with freed blocks given back to the system (glibc's mmap
+threshold fixed at 64 KiB; CUDA: ``max_memory_allocated``).
 
 TSSA and SDPA are measured over every T first, then the exact step. Budgets keep a CPU run to about five
 minutes: a (layer, pass) whose predicted time for the next T (from its last measured one, × (T ratio)² for
@@ -21,6 +22,8 @@ machine) goes to ``--out`` (default ``experiments/results/bench/{device}_causal.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import multiprocessing as mp
 import platform
@@ -53,6 +56,17 @@ def make_layer(name: str, dim: int, heads: int, tokens: int) -> torch.nn.Module:
     return CausalExactCompression(dim, heads=heads, eps=0.5, step_size=0.1)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _return_freed_memory() -> None:
+    """Fix glibc's mmap threshold at 64 KiB in this process: large blocks are then mapped and given back when
+    freed, so the peak resident set is the tensors' and not the allocator's retention (glibc raises the
+    threshold as blocks are freed, then keeps later ones on its heap: a chunked loop's RSS grew with T)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
+
+
 def _measure(name: str, tokens: int, modes: list[str], dim: int, heads: int, device: str, threads: int,
              repeats: int, queue) -> None:
     """One (layer, T) in this fresh process, its passes in turn (``forward`` first): for each, the peak memory of
@@ -64,6 +78,8 @@ def _measure(name: str, tokens: int, modes: list[str], dim: int, heads: int, dev
     torch.manual_seed(0)
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    if not cuda:
+        _return_freed_memory()
     layer = make_layer(name, dim, heads, tokens).to(dev)
     x = torch.randn(1, tokens, dim, device=dev)
     base = torch.cuda.memory_allocated() if cuda else _rss_bytes()

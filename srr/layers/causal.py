@@ -119,7 +119,8 @@ def _prefix_solve_chunk(a: Tensor, before: Tensor, beta: Tensor) -> tuple[Tensor
     S = (a.unsqueeze(-1) * a.unsqueeze(-2)).cumsum(-3) + before.unsqueeze(-3)  # (..., K, c, p, p)
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     L = torch.linalg.cholesky_ex(eye + beta[:, None, None] * S)[0]  # eigenvalues ≥ 1: no failure to handle
-    return torch.cholesky_solve(a.unsqueeze(-1), L).squeeze(-1), S[..., -1, :, :]
+    # a copy: a view of the last Gram would keep the whole chunk's S alive (and, checkpointed, every chunk's)
+    return torch.cholesky_solve(a.unsqueeze(-1), L).squeeze(-1), S[..., -1, :, :].clone()
 
 
 def causal_exact_update(x: Tensor, W: Tensor, *, heads: int, eps: float, step_size: Tensor | float) -> Tensor:
