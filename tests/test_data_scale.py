@@ -167,6 +167,23 @@ def test_in_memory_data_gets_the_policy_on_its_batches():
     assert load_dataset("digits", split="test", augmentation=Augmentation(random_erasing=1.0)).policy is None
 
 
+def test_per_item_data_gets_the_policy_after_its_transform(tmp_path):
+    from test_data import _write_idx
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    for prefix, n in (("train", 4), ("t10k", 2)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    plain = load_dataset("mnist", data_dir=tmp_path, augment=True)
+    erased = load_dataset("mnist", data_dir=tmp_path, augment=True, augmentation=Augmentation(random_erasing=1.0))
+    torch.manual_seed(0)
+    a = torch.stack([plain[i][0] for i in range(4)])
+    torch.manual_seed(0)
+    b = torch.stack([erased[i][0] for i in range(4)])
+    assert a.shape == b.shape == (4, 1, 28, 28) and not torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------------- mixup / cutmix
 
 

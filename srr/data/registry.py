@@ -57,6 +57,16 @@ def streams_files(name: str) -> bool:
 TASKS = ("image", "language")
 
 
+class _Then:
+    """``first`` then ``policy`` on the one image it returns (picklable, for loader workers)."""
+
+    def __init__(self, first, policy) -> None:
+        self.first, self.policy = first, policy
+
+    def __call__(self, image):
+        return self.policy(self.first(image)[None])[0]
+
+
 def list_datasets(*, task: str | None = "image") -> list[str]:
     """The registered dataset names, sorted: of images (``load_dataset``), of text for language models
     (``task="language"``: ``srr.data.load_text_dataset``), or both (``task=None``)."""
@@ -112,11 +122,17 @@ def load_dataset(
         raise ValueError(f"decode_device must be 'cpu' for {name!r}, which is held in memory: {decode_device!r} "
                          f"decodes the image files of {streamed}; got {decode_device!r}")
     dataset = entry.load(split, **common, **kw)
-    if (augment and split == "train" and augmentation is not None and isinstance(dataset, TensorImageDataset)
+    if not (augment and split == "train" and augmentation is not None
             and (augmentation.has_policy or augmentation.crop == "rrc")):
-        shift = 0 if augmentation.crop == "rrc" else None
-        dataset = dataset.with_policy(TensorPolicy(dataset.info, augmentation), max_shift=shift)
-    return dataset
+        return dataset
+    policy = TensorPolicy(dataset.info, augmentation)
+    if isinstance(dataset, TensorImageDataset):  # applied to whole batches
+        return dataset.with_policy(policy, max_shift=0 if augmentation.crop == "rrc" else None)
+    if callable(getattr(dataset, "transform", None)):  # a per-item torchvision dataset (MNIST): after its transform
+        dataset.transform = _Then(dataset.transform, policy)
+        return dataset
+    raise ValueError(f"augmentation must be None for {name!r}, whose items srr cannot augment further, got "
+                     f"{augmentation}")
 
 
 register_dataset("digits", load_digits, digits_info)
