@@ -8,6 +8,7 @@ tests use it; it is not faster than decoding in the workers).
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -39,9 +40,6 @@ class DecodeStage:
         images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=self.device)  # [(3, H_i, W_i) uint8]
         out = []
         for i, image in enumerate(images):
-            if seeds is None:
-                out.append(self.transform(image))
-            else:
-                with seeded(seeds[i]):
-                    out.append(self.transform(image))
+            with seeded(seeds[i]) if seeds is not None else contextlib.nullcontext():
+                out.append(self.transform(image).to(self.device))  # timm's string RandAugment goes through PIL
         return torch.stack(out)  # (B, 3, S, S)
