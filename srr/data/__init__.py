@@ -1,10 +1,14 @@
-"""Datasets for `srr`: embedded ``digits``, synthetic ``subspaces``, CIFAR, MNIST, ImageFolder; text for
-language models (``load_text_dataset``: ``shakespeare-char``, ``text``, ``textfile``; srr/data/text.py).
+"""Datasets for `srr`: embedded ``digits``, synthetic ``subspaces``, CIFAR, MNIST, ImageFolder, ImageNet
+(ILSVRC-2012, streamed from disk) and generated ``fake`` images; text for language models
+(``load_text_dataset``: ``shakespeare-char``, ``text``, ``textfile``; srr/data/text.py).
 
 ``load_dataset(name, split=...)`` returns a ``torch.utils.data.Dataset`` of
 ``(image (C, H, W), label)`` carrying ``.info`` (:class:`DatasetInfo`) and ``.classes``;
-``make_loader`` gives it a reproducible, resumable order. Depends only on torch, torchvision
-and scikit-learn (the last two imported lazily).
+``make_loader`` gives it a reproducible, resumable order. Training augmentation beyond each data set's
+own crop and flip (:class:`Augmentation`: RandomResizedCrop, RandAugment, TrivialAugment, random erasing;
+:class:`BatchMix`: mixup, cutmix) comes from torchvision and timm (srr/data/augment.py); per-sample seeds
+(srr/data/seeding.py) make the augmentation a function of the seed, the epoch and the sample's place.
+Depends only on torch, torchvision, timm and scikit-learn (imported lazily where they can be).
 """
 from .augment import Augmentation, BatchMix
 from .info import DatasetInfo, DatasetNotFoundError
