@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = load_text_dataset("shakespeare-char", data_dir=args.data_dir)
     idx, _ = random_blocks(corpus.val, batch_size=args.blocks, context=trained.config.context, seed=0, step=0,
                            stream=2)
-    out = {"command": " ".join(["python -m experiments.language_layers", *(argv or [])]), "run": str(args.run),
+    given = sys.argv[1:] if argv is None else argv
+    out = {"command": " ".join(["python -m experiments.language_layers", *given]), "run": str(args.run),
            "model": trained.config.to_dict(), "blocks": args.blocks, "eps": EPS,
            "convention": "causal R^c = mean over positions t of R^c(Z_<=t; U, eps) (the prefixes are the token "
                          "sets), before = LN1(Z^l), after = LN1(Z^{l+1/2}) with the same LN1 and U^l; raw: "
