@@ -129,12 +129,23 @@ def main(argv=None) -> dict:
     return result
 
 
+def _machine() -> dict:
+    """CPU model, cores, torch threads and version (what ``srr bench --json`` records)."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cpu"}
+
+
 def _write(path: Path, argv, result: dict) -> None:
     import json
     import subprocess
     import sys
-
-    from srr.cli.bench import machine
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
@@ -144,9 +155,9 @@ def _write(path: Path, argv, result: dict) -> None:
                            cwd=Path(__file__).parents[2]).stdout.strip()
     args = sys.argv[1:] if argv is None else list(argv)
     payload = {"command": " ".join(["python -m srr.bench.bench_loader", *args]),
-               "commit": commit + (f" with uncommitted changes to {', '.join(sorted(set(dirty.split())) - {'M', '??'})}"
+               "commit": commit + (f" with uncommitted changes to {', '.join(sorted(set(dirty.split()) - {'M', '??'}))}"
                                   if dirty else ""),
-               "machine": machine("cpu"), "load_average": list(os.getloadavg()), "result": result}
+               "machine": _machine(), "load_average": list(os.getloadavg()), "result": result}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
 
