@@ -378,6 +378,16 @@ def test_causal_mssa_is_crate_gpts_attention():
     assert torch.equal(layer.attention(x).triu(1), torch.zeros(2, 3, 7, 7, dtype=f64))
 
 
+def test_the_exact_layers_last_position_is_the_non_causal_exact_step():
+    from srr.layers import ExactCompression
+
+    causal = CausalExactCompression(12, heads=3, eps=0.5, step_size=0.3).double()
+    full = ExactCompression(12, heads=3, eps=0.5, step_size=0.3).double()
+    full.load_state_dict({"qkv.weight": causal.c_attn.weight}, strict=True)
+    x = tokens(0, 2, 9, 12)
+    torch.testing.assert_close(causal(x)[:, -1], full(x)[:, -1], rtol=1e-12, atol=1e-14)
+
+
 def test_causal_tssa_last_position_is_E13_with_its_membership():
     layer = _randomise(CausalTSSA(6, heads=3, block_size=8, output="tied", eps=0.5)).double()
     x = tokens(0, 2, 7, 6)

@@ -17,6 +17,7 @@ LAYERS = {
     "tssa": lambda: CausalTSSA(16, heads=4, block_size=32),
     "tssa_tied": lambda: CausalTSSA(16, heads=4, block_size=32, output="tied"),
     "derived": lambda: derive(CausalCompressedCodingRate(0.5), 0.1, dim=16, heads=4, output="update"),
+    "derived_auto": lambda: derive(CausalCompressedCodingRate(0.5), "auto", dim=16, heads=4, output="update"),
 }
 
 

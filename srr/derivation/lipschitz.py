@@ -66,14 +66,15 @@ def is_causal(objective) -> bool:
 
 
 def position_lipschitz_bound(objective, Z: Tensor, **params) -> Tensor:
-    """``L_t`` for each of ``Z``'s ``T`` positions, float64 ``(T,)``: ``Σ_i |c_i| L_t(f_i)``, a causal term's
-    own per-position bound (E14, E16), any other term's single bound at every position."""
+    """``L_t`` for each of ``Z``'s ``T`` positions, ``(T,)``: ``Σ_i |c_i| L_t(f_i)``, a causal term's own
+    per-position bound (E14, E16), any other term's single bound at every position."""
     T, d = Z.shape[-2:]
     total = torch.zeros(T, dtype=torch.float64)
     for c, term in Objective.of(objective).smooth_part().terms:
         used = {n: params[n] for n in term.requires if n in params}
         if getattr(term, "causal", False):
-            total = total + abs(c) * term.lipschitz_per_position(T, d, **used).cpu()
+            bound = term.lipschitz_per_position(T, d, **used)
+            total = total.to(bound) + abs(c) * bound
         else:
             total = total + abs(c) * term.lipschitz(T, d, **used)
     return total

@@ -29,7 +29,7 @@ from torch import Tensor
 from srr._checks import check_eps, check_subspaces, check_tokens
 from srr.linalg import accumulation_dtype, logdet_identity_plus, solve_identity_plus, working_dtype
 from srr.objective.base import Term, _spec_value
-from srr.rates import _check_membership, _project, compression_lipschitz
+from srr.rates import _check_membership, _project
 
 __all__ = ["CausalTerm", "CausalCompressedCodingRate", "CausalVariationalCompressedCodingRate",
            "causal_compressed_coding_rate", "causal_compressed_coding_rate_grad",
@@ -51,13 +51,20 @@ def prefix_scale(width: int, T: int, eps: float, like: Tensor) -> Tensor:
 
 
 def causal_lipschitz(U: Tensor, eps: float, T: int) -> Tensor:
-    """``L_t = β_t ‖[U_k]_k‖₂²`` (E7 with N → t) for ``t = 1 … T``, float64 ``(T,)``, without gradient.
+    """``L_t = β_t ‖[U_k]_k‖₂²`` (E7 with N → t, one ε) for ``t = 1 … T``: ``(T,)`` on ``U``'s device (float64 where
+    the device has it), without gradient.
 
     The Hessian of the t-th prefix rate (E14 or E16, any fixed Π in [0, 1]) in its own token ``z_t`` is
-    bounded by ``L_t``, so ``κ_t ≤ 1/L_t`` does not increase it; ``L_t = L_1/t``."""
-    L1 = compression_lipschitz(U, _single_eps(eps), 1)
-    t = torch.arange(1, T + 1, dtype=torch.float64, device=U.device)
-    return L1 / t
+    bounded by ``L_t``, so ``κ_t ≤ 1/L_t`` does not increase it; ``L_t = L_1/t``. Tensor ops only (no
+    ``float``), so that ``torch.compile`` traces a derived layer's ``"auto"`` step without a graph break."""
+    if not isinstance(U, Tensor) or U.ndim != 3:
+        raise ValueError(f"U must be subspaces of shape (K, d, p), got {getattr(U, 'shape', type(U).__name__)}")
+    eps = _single_eps(eps)
+    K, d, p = U.shape
+    with torch.no_grad():
+        W = U.detach().to(accumulation_dtype(U.device)).permute(1, 0, 2).reshape(d, K * p)  # [U_1 … U_K]
+        L1 = torch.linalg.matrix_norm(W, ord=2).square() * (p / eps**2)
+        return L1 / torch.arange(1, T + 1, dtype=W.dtype, device=W.device)
 
 
 def _context(Z: Tensor, context: Tensor | None) -> Tensor:
