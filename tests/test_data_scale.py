@@ -302,6 +302,16 @@ def test_gpu_decode_gives_batches_of_the_asked_shape_on_the_gpu(tmp_path):
     assert data.probe.shape == (4, 3, 64, 64)
 
 
+def test_file_data_streams_through_workers_with_pinned_memory_and_prefetch(tmp_path):
+    write_jpegs(tmp_path)
+    data = load_run_data(TrainConfig(dataset="imagefolder", data_dir=str(tmp_path), measure_samples=0))
+    batches = TrainBatches(data.train, batch_size=4, seed=0, num_workers=2, pin_memory=True, prefetch_factor=6)
+    loader = batches.loader
+    assert (loader.num_workers, loader.pin_memory, loader.prefetch_factor, loader.persistent_workers) == (2, True, 6,
+                                                                                                          True)
+    assert not hasattr(data.train.dataset, "tensors")  # file names only: nothing decoded ahead of time
+
+
 # --------------------------------------------------------------------------------- seeds and resume
 
 
@@ -354,7 +364,6 @@ class _StopAfter(Callback):
             raise _Stopped
 
 
-@pytest.mark.slow
 def test_an_epoch_boundary_resume_with_workers_is_bit_identical(tmp_path):
     write_jpegs(tmp_path / "data", splits=(("train", 16), ("val", 2)), size=(40, 30))
     whole = train(_resume_config(tmp_path / "data", tmp_path / "whole"))

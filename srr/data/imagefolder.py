@@ -20,9 +20,11 @@ transforms there.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -99,16 +101,28 @@ def decode(data: torch.Tensor) -> torch.Tensor:
 class ImageFiles(Dataset):
     """``(image (3, S, S) float, label)`` read from ``samples`` (``[(path, label)]``) one file at a time.
 
-    ``encoded=True``: items are ``(the file's bytes (n,) uint8, label)``, for :class:`DecodeStage`.
+    The file list is kept as numpy arrays (paths as bytes), not a list of Python objects: the loader's forked
+    workers read it without touching reference counts, so ImageNet's 1.28 M names are not copied into each.
+    ``decode_device="cuda"``: items are ``(the file's bytes (n,) uint8, label)``, for :attr:`decode_stage`.
     """
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], info: DatasetInfo, transform, *,
                  eval_transform=None, decode_device: str = "cpu") -> None:
-        self.samples, self.classes, self.info, self.transform = samples, classes, info, transform
+        self.paths = np.array([os.fsencode(path) for path, _ in samples], dtype=bytes)
+        self.labels = np.array([label for _, label in samples], dtype=np.int64)
+        self.classes, self.info, self.transform = classes, info, transform
         self.eval_transform = eval_transform or transform
-        self.targets = [label for _, label in samples]
         self.encoded = decode_device != "cpu"
         self.decode_stage = decode_stage(transform, decode_device)  # None unless encoded
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``[(path, label)]``, as torchvision's ``ImageFolder`` names them."""
+        return [(os.fsdecode(path), int(label)) for path, label in zip(self.paths, self.labels)]
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
 
     def plain(self) -> "ImageFiles":
         """The same files under the evaluation transform (no second directory scan)."""
@@ -123,7 +137,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int):
         from torchvision.io import read_file
 
-        path, label = self.samples[index]
+        path, label = os.fsdecode(self.paths[index]), int(self.labels[index])
         data = read_file(path)  # (n,) uint8
         if self.encoded:
             return data, label
