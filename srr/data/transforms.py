@@ -1,4 +1,4 @@
-"""The PIL-to-tensor pipelines of the file-backed datasets (CIFAR, MNIST, ImageFolder)."""
+"""The PIL-to-tensor pipeline of MNIST (per item); ImageNet-style pipelines are in srr/data/augment.py."""
 from __future__ import annotations
 
 import torch
