@@ -176,17 +176,19 @@ def statistics(models: list[dict], hyperparameters: list[str]) -> list[dict]:
 
     subsets = []
     widths = sorted({m["width"] for m in models})
-    seeds = sorted({m["seed"] for m in models})
     for w in widths:
-        for s in seeds:
+        at_width = sorted({m["seed"] for m in models if m["width"] == w})
+        for s in at_width:
             subsets.append((f"width {w}, seed {s}", [m for m in models if m["width"] == w and m["seed"] == s]))
-        if len(seeds) > 1:
+        if len(at_width) > 1:
             subsets.append((f"width {w}, both seeds", [m for m in models if m["width"] == w]))
     if len(widths) > 1:
         subsets.append(("pooled widths (aside)", models))
     rows = []
     for name, subset in subsets:
         hp = [h for h in hyperparameters if len({m[h] for m in subset}) > 1]
+        if len(subset) < 2 or not hp:  # a grid still being trained: nothing to rank yet
+            continue
         measures = [m for m in MEASURES if all(m in r for r in subset)]
         for result in compare_measures(subset, measures, gap="gap", hyperparameters=hp, ties="a"):
             rows.append({"models": name, "n": result.n_models, "measure": result.measure, "tau": result.tau,

@@ -10,7 +10,7 @@ Reads ``models.csv`` of ``experiments/generalization.py`` and, for every model w
 
 and Kendall's τ (τ_a, no tie correction, as ``kendall.md``) of each against the gap of the model whose
 eigenvalues are stored (``eig_gap``), per width and seed, and per width over both seeds. The noise ceiling of a
-width is τ between its two seeds' gaps (over all its models in ``models.csv``).
+width is τ between its two seeds' ``eig_gap`` (once both seeds of the width have eigenvalues).
 
 Why τ depends on ε: log(1 + αλ) ≈ log α + log λ where αλ ≫ 1 (the rate counts the rank and the log-spectrum)
 and ≈ αλ where αλ ≪ 1 (the rate is a squared Frobenius norm, ∝ 1/ε²); ``tau_eps_floor.csv`` gives, per ε, the
@@ -65,13 +65,15 @@ def model_curves(spectra: dict, eps: np.ndarray) -> dict[str, np.ndarray]:
     return {"srr": LAM * l0 + Rc - R, "rate_term": Rc - R, "Rc": Rc, "above_R": above_R, "above_Rc": above_Rc}
 
 
-def noise_ceilings(models: list[dict]) -> dict[int, float]:
-    """Per width: τ between two seeds' gaps of the same configurations (all models of that width)."""
+def noise_ceilings(models: list[dict], gap: str = "eig_gap") -> dict[int, float]:
+    """Per width: τ between two seeds' gaps of the same configurations (``gap``: the column, by default the gap of
+    the models whose eigenvalues are stored; rows without it are left out)."""
     from srr.generalization import kendall_tau
 
     out = {}
+    models = [m for m in models if m.get(gap) not in (None, "")]
     for w in sorted({int(m["width"]) for m in models}):
-        by = {(m["model_id"], int(m["seed"])): float(m["gap"]) for m in models if int(m["width"]) == w}
+        by = {(m["model_id"], int(m["seed"])): float(m[gap]) for m in models if int(m["width"]) == w}
         seeds = sorted({s for _, s in by})
         for a, b in itertools.combinations(seeds, 2):
             ids = sorted({i for i, s in by if s == a} & {i for i, s in by if s == b})
@@ -105,7 +107,7 @@ def main(argv=None) -> dict:
     folder = args.models.parent
     models = read_csv(args.models)
     with_eig = [m for m in models if m.get("eig_file") not in (None, "") and (folder / m["eig_file"]).is_file()]
-    ceilings = noise_ceilings(models)
+    ceilings = noise_ceilings(with_eig)  # the ceiling of the very gaps τ(ε) ranks against
 
     rows, checks, curves, floor = [], [], {}, []
     widths = sorted({int(m["width"]) for m in with_eig})

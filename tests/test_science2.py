@@ -245,3 +245,20 @@ def test_recipe_arms_calibrate_resume_and_skip(tmp_path):
     rerun = {r["arm"]: r for r in read_csv(out / "runs.csv")}["eps1"]
     assert rerun["resumed"] is True and rerun["test_accuracy"] == runs["eps1"]["test_accuracy"]
     assert json.loads((out / "summary.json").read_text())["invocations"][-1]["runs_trained"] == 1
+
+
+def test_statistics_of_a_grid_in_progress():
+    """One width with two seeds, another with one seed so far (the d = 128 grid half trained): τ per width and
+    seed, 'both seeds' only where there are two, no empty subset (the queue's tabulation crashed on one)."""
+    models = []
+    for width, seeds in ((64, (0, 1)), (128, (0,))):
+        for seed in seeds:
+            for i, (variant, lr) in enumerate([(v, lr) for v in ("crate", "crate_n") for lr in (1e-3, 2e-3)]):
+                models.append({"model_id": f"w{width}-{variant}-{lr}", "width": width, "seed": seed,
+                               "variant": variant, "lr": lr, "gap": float(i), "srr": float(i) * (1 - 2 * seed)})
+    stats = {(r["models"], r["measure"]): r["tau"] for r in generalization.statistics(models, ["variant", "lr"])}
+    assert stats[("width 64, seed 0", "srr")] == pytest.approx(1.0)
+    assert stats[("width 64, seed 1", "srr")] == pytest.approx(-1.0)
+    assert stats[("width 128, seed 0", "srr")] == pytest.approx(1.0)
+    assert ("width 64, both seeds", "srr") in stats and ("width 128, both seeds", "srr") not in stats
+    assert not [k for k in stats if k[0] == "width 128, seed 1"]
