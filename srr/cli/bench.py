@@ -187,8 +187,9 @@ def _causal(result) -> list[Headline]:
         T = at.get("tokens", "largest T")
         rows.append(_check(f"causal TSSA vs causal MSSA (SDPA), {mode} at T={T} (speed-up)",
                            at.get("tssa_vs_sdpa_speedup")))
+        start = _get(result, f"tssa_faster_than_sdpa_from.{mode}")
         rows.append(_check(f"causal TSSA faster than SDPA ({mode}) from T",
-                           _get(result, f"tssa_faster_than_sdpa_from.{mode}"), unit=""))
+                           None if start is None else start / 1024, unit="k tokens"))
     return rows
 
 
