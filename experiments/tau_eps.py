@@ -21,6 +21,8 @@ row and eigenvalues come from the same training); the largest difference is in t
 
 Run: ``python -m experiments.tau_eps [--models experiments/results/generalization/models.csv]`` or ``--quick`` (on
 the quick grid of ``experiments.generalization``, trained first if missing). Writes ``tau_eps.csv``,
+``rates_eps.csv`` (every model's
+μ_SRR, R^c − R, R^c, R and λ‖Z‖₀ at every ε: τ(ε) recomputes from it without the eigenvalue files),
 ``tau_eps_floor.csv``, ``tau_eps.png`` and ``tau_eps_summary.json`` beside ``models.csv`` (``--out`` to change).
 """
 from __future__ import annotations
@@ -62,7 +64,8 @@ def model_curves(spectra: dict, eps: np.ndarray) -> dict[str, np.ndarray]:
             above_R[i] += np.mean(d / (N * e * e) * Re > 1) / L  # share of the spectrum above the ε-floor
             above_Rc[i] += np.mean(p / (N * e * e) * Rce > 1) / L
         l0 += float(np.mean(spectra[f"l0_{ell}"])) / L
-    return {"srr": LAM * l0 + Rc - R, "rate_term": Rc - R, "Rc": Rc, "above_R": above_R, "above_Rc": above_Rc}
+    return {"srr": LAM * l0 + Rc - R, "rate_term": Rc - R, "Rc": Rc, "R": R, "l0_term": np.full(len(eps), LAM * l0),
+            "above_R": above_R, "above_Rc": above_Rc}
 
 
 def noise_ceilings(models: list[dict], gap: str = "eig_gap") -> dict[int, float]:
@@ -109,7 +112,7 @@ def main(argv=None) -> dict:
     with_eig = [m for m in models if m.get("eig_file") not in (None, "") and (folder / m["eig_file"]).is_file()]
     ceilings = noise_ceilings(with_eig)  # the ceiling of the very gaps τ(ε) ranks against
 
-    rows, checks, curves, floor = [], [], {}, []
+    rows, checks, curves, floor, grids = [], [], {}, [], {}
     widths = sorted({int(m["width"]) for m in with_eig})
     marks = {}
     for w in widths:
@@ -117,7 +120,7 @@ def main(argv=None) -> dict:
         sp0 = load_spectra(folder / at[0]["eig_file"])
         N, d, p = int(sp0["N"]), int(sp0["d"]), int(sp0["p"])
         marks[w] = {"eps_p_over_N": math.sqrt(p / N), "eps_d_over_N": math.sqrt(d / N), "N": N, "d": d, "p": p}
-        eps = eps_grid(args.points, extra=(0.1, 1.0, marks[w]["eps_p_over_N"], marks[w]["eps_d_over_N"]))
+        eps = grids[w] = eps_grid(args.points, extra=(0.1, 1.0, marks[w]["eps_p_over_N"], marks[w]["eps_d_over_N"]))
         for m in at:
             c = model_curves(load_spectra(folder / m["eig_file"]), eps)
             curves[(w, int(m["seed"]), m["model_id"])] = (c, float(m.get("eig_gap", m["gap"])))
@@ -145,6 +148,10 @@ def main(argv=None) -> dict:
                                  "measure": measure, "tau": kendall_tau(values[:, i].tolist(), gaps, ties="a"),
                                  "noise_ceiling": ceilings.get(w, float("nan"))})
     write_csv(args.out / "tau_eps.csv", rows)
+    write_csv(args.out / "rates_eps.csv", [  # every model's curves: τ(ε) recomputes from this file alone
+        {"width": w, "seed": s, "model_id": i, "gap": gap, "eps": float(e),
+         **{k: float(c[k][j]) for k in ("srr", "rate_term", "Rc", "R", "l0_term")}}
+        for (w, s, i), (c, gap) in curves.items() for j, e in enumerate(grids[w])])
     if floor:
         write_csv(args.out / "tau_eps_floor.csv", floor)
     peaks = []
