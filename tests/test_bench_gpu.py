@@ -110,7 +110,7 @@ def test_causal_layers_are_probed_by_feature(monkeypatch):
     monkeypatch.setattr(srr.layers, "Masked", Masked, raising=False)
     monkeypatch.setattr(srr.layers, "__all__", [*srr.layers.__all__, "Masked"])
     assert gpu_costs.causal_layers() == [*before, "Masked"]
-    assert isinstance(gpu_costs._make("causal:Masked", 8, 2), Masked)
+    assert isinstance(gpu_costs._make("causal:Masked", 8, 2, 64), Masked)
 
 
 def test_the_crossover_needs_both_layers_at_an_n():

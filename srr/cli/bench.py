@@ -76,6 +76,7 @@ GOALS = {
     "12.4": "compiled derived layers",
     "12.5": "speed vs public code and ViT",
     "20": "data at ImageNet scale",
+    "24": "GPU run",
 }
 
 
