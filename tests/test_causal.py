@@ -256,6 +256,13 @@ def test_the_chunked_exact_step_equals_the_one_chunk_step(monkeypatch):
     torch.testing.assert_close(g_chunked, g_whole, rtol=1e-12, atol=1e-14)
 
 
+def test_the_prefix_sum_is_cumsum_to_the_bit_and_differentiable_twice():
+    X = tokens(0, 2, 7, 3, 3).requires_grad_()
+    assert torch.equal(causal_layers._PrefixSum.apply(X), X.cumsum(-3))
+    assert torch.autograd.gradcheck(causal_layers._PrefixSum.apply, (X,))
+    assert torch.autograd.gradgradcheck(causal_layers._PrefixSum.apply, (X,))
+
+
 # ---- descent per position ------------------------------------------------------------------------
 def _prefix_rates_exact(layer, x, out):
     U = layer.subspaces.detach()
