@@ -172,5 +172,6 @@ def test_the_cpu_dry_run_gives_every_section_a_status(tmp_path):
     assert s["models"]["models"]["crate"]["eager_train_img_s"] > 0 and s["models"]["datasheet_peak_flops"] is None
     assert s["regularizer"]["ratio"] and s["regularizer"]["float64_profile"]["none"]["float64_share"] < 0.05
     assert {r["layer"] for r in s["tokens"]["rows"]} >= {"tssa", "sdpa", "exact"}
+    assert s["data"]["gpu_decode_option"] == "decode_device" and s["data"]["loader"]["cpu"]["loader_images_per_s"] > 0
     assert [g["key"] for g in data["summary"]["goals"]] == [g[1] for g in gpu.GOALS]
     assert seconds < 240  # the "under two minutes", with room for a loaded CI machine

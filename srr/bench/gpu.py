@@ -116,7 +116,8 @@ def fake_training_probe() -> tuple[bool, str, str | None]:
 
 
 def section_data(ctx: Context) -> None:
-    """Loader (GPU decode against the CPU path) and one-GPU ``torchrun`` training on ``--dataset fake``."""
+    """JPEG decode on the GPU against the CPU path (``srr.bench.bench_loader`` on JPEGs it writes), the loader
+    against the model on ``--dataset fake``, and one-GPU ``torchrun`` training on it."""
     rec = ctx.record
     fake, why, decode = fake_training_probe()
     rec["gpu_decode_option"] = decode or "absent: no TrainConfig field names a decode device"
@@ -131,6 +132,14 @@ def section_data(ctx: Context) -> None:
     model = "crate_nano" if ctx.tiny else "crate_base"
     base = dict(dataset="fake", model=model, image_size=size, batch_size=batch, train_subset=subset,
                 device=str(device), amp=device.type == "cuda", measure_samples=0, srr_weight=0.0)
+    if ctx.deadline.left() > 30:  # JPEG decode on the GPU against the CPU path, on JPEGs of ImageNet's size
+        from srr.bench import bench_loader
+
+        try:
+            extent = ["--quick"] if ctx.tiny else ["--images", "512", "--rounds", "3"]
+            rec["jpeg_decode"] = bench_loader.main(["--device", str(device), "--threads", "4", *extent])
+        except Exception as error:  # recorded; the section goes on
+            rec["jpeg_decode"] = {"error": f"{type(error).__name__}: {error}"[:300]}
     rec["loader"] = {}
     choices = ["cpu"] + (["cuda", "gpu"] if device.type == "cuda" else [])
     for value in (choices if decode else [None]):
