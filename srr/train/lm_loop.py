@@ -5,7 +5,8 @@ srr/data/text.py); the image loop (srr/train/loop.py) hands over to it. nanoGPT'
 components of the image runs: the same run folder (srr/train/run_dir.py: ``config.json``, ``metrics.jsonl``,
 atomic ``checkpoints/latest.pt`` and ``best.pt``, plots, ``summary.json``), exact ``--resume``
 (srr/train/checkpoint.py, state.py), loggers and callbacks, the progress bar, DistributedDataParallel under
-``torchrun`` and the SIGTERM / Ctrl-C stop.
+``torchrun`` and the SIGTERM / Ctrl-C stop (under DDP at the next evaluation or checkpoint, where the ranks
+agree on it).
 
 - Iteration-based: ``max_iters`` optimiser steps, each on ``batch_size`` random blocks of ``context`` tokens
   per process (:func:`srr.data.random_blocks`: the blocks of step s are a function of ``(seed, s)``, the global
@@ -256,18 +257,30 @@ class _LMTrainer:
         with reporter:
             while self.global_step < config.max_iters:
                 self._step(reporter)
-                at_end = self.global_step == config.max_iters
-                if self.global_step % config.eval_every == 0 or at_end:
+                evaluate = self.global_step % config.eval_every == 0 or self.global_step == config.max_iters
+                saved = evaluate or bool(config.checkpoint_every and self.global_step % config.checkpoint_every == 0)
+                if evaluate:
                     self._evaluate_and_save(reporter)
-                elif config.checkpoint_every and self.global_step % config.checkpoint_every == 0:
+                elif saved:
                     self._save()
-                if self.stop:
-                    if not (self.global_step % config.eval_every == 0 or at_end):
+                if self._stop_requested(boundary=saved):
+                    if not saved:
                         self._save()
-                    raise TrainingInterrupted(signal_name=self.stop.signal_name, step=self.global_step, epoch=1,
-                                              checkpoint=self.run_dir.latest, run_dir=self.run_dir.root)
+                    raise TrainingInterrupted(signal_name=self.stop.signal_name or "a signal on another rank",
+                                              step=self.global_step, epoch=1, checkpoint=self.run_dir.latest,
+                                              run_dir=self.run_dir.root)
             reporter.step(epoch=1, completed=self.global_step)
         return self._finish()
+
+    def _stop_requested(self, *, boundary: bool) -> bool:
+        """A SIGTERM / Ctrl-C: honoured after the step in a single process; under DDP at the next evaluation or
+        checkpoint, where the ranks agree on it (one small all-reduce), since saving is a collective."""
+        if not self.env.distributed:
+            return bool(self.stop)
+        if not boundary:
+            return False
+        flag = torch.tensor([float(bool(self.stop))], device=self.env.device)
+        return bool(D.all_reduce_sum(self.env, flag)[0] > 0)
 
     def _step(self, reporter: _StepReporter) -> None:
         config, env = self.config, self.env
