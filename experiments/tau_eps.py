@@ -68,7 +68,7 @@ def model_curves(spectra: dict, eps: np.ndarray) -> dict[str, np.ndarray]:
             "above_R": above_R, "above_Rc": above_Rc}
 
 
-def noise_ceilings(models: list[dict], gap: str = "eig_gap") -> dict[int, float]:
+def noise_ceilings(models: list[dict], gap: str = "eig_gap", min_models: int = 2) -> dict[int, float]:
     """Per width: τ between two seeds' gaps of the same configurations (``gap``: the column, by default the gap of
     the models whose eigenvalues are stored; rows without it are left out)."""
     from srr.generalization import kendall_tau
@@ -80,7 +80,7 @@ def noise_ceilings(models: list[dict], gap: str = "eig_gap") -> dict[int, float]
         seeds = sorted({s for _, s in by})
         for a, b in itertools.combinations(seeds, 2):
             ids = sorted({i for i, s in by if s == a} & {i for i, s in by if s == b})
-            if len(ids) >= 2:
+            if len(ids) >= max(2, min_models):
                 out[w] = kendall_tau([by[(i, a)] for i in ids], [by[(i, b)] for i in ids], ties="a")
                 break
     return out
@@ -91,6 +91,8 @@ def main(argv=None) -> dict:
         (("--models",), dict(type=Path, default=None, help="models.csv (default experiments/results/generalization/"
                                                            "models.csv; quick: its quick/ grid)")),
         (("--points",), dict(type=int, default=41, help="log-spaced ε from 1e-2 to 1e2 (default 41)")),
+        (("--min-models",), dict(type=int, default=2, help="rank a width/seed only with this many models (a grid "
+                                 "still training: 32 leaves out a partial seed; default 2)")),
         (("--workers",), dict(type=int, default=1, help="unused (reads stored eigenvalues; kept for uniformity)")),
         (("--device",), dict(default="cpu", help="unused (numpy on the CPU; kept for uniformity)"))])
     from srr.generalization import kendall_tau
@@ -110,7 +112,7 @@ def main(argv=None) -> dict:
     folder = args.models.parent
     models = read_csv(args.models)
     with_eig = [m for m in models if m.get("eig_file") not in (None, "") and (folder / m["eig_file"]).is_file()]
-    ceilings = noise_ceilings(with_eig)  # the ceiling of the very gaps τ(ε) ranks against
+    ceilings = noise_ceilings(with_eig, min_models=args.min_models)  # the ceiling of the gaps τ(ε) ranks against
 
     rows, checks, curves, floor, grids = [], [], {}, [], {}
     widths = sorted({int(m["width"]) for m in with_eig})
@@ -135,11 +137,10 @@ def main(argv=None) -> dict:
                           "share_above_floor_R": float(np.mean([curves[k][0]["above_R"][i] for k in keys])),
                           "share_above_floor_Rc": float(np.mean([curves[k][0]["above_Rc"][i] for k in keys]))})
         groups = [(f"seed {s}", [k for k in curves if k[0] == w and k[1] == s]) for s in seeds]
-        if len(seeds) > 1:
-            groups.append(("both seeds", [k for k in curves if k[0] == w]))
+        groups = [(label, keys) for label, keys in groups if len(keys) >= max(2, args.min_models)]
+        if len(groups) > 1:  # both seeds: only those with enough models
+            groups.append(("both seeds", [k for _, keys in groups for k in keys]))
         for label, keys in groups:
-            if len(keys) < 2:
-                continue
             gaps = [curves[k][1] for k in keys]
             for measure in MEASURES:
                 values = np.array([curves[k][0][measure] for k in keys])  # (models, eps)
