@@ -174,9 +174,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--speed-rounds", type=int, default=5,
                         help="rounds of the interleaved tokens/s measurement after the runs (0: skip)")
     parser.add_argument("--speed-steps", type=int, default=20, help="optimiser steps per model per round")
+    parser.add_argument("--speed-only", type=Path, default=None, metavar="JSON",
+                        help="only the interleaved tokens/s of --models, written to JSON (no training)")
+    parser.add_argument("--speed-from", type=Path, default=None, metavar="JSON",
+                        help="take the interleaved tokens/s from a --speed-only file instead of measuring them")
     args = parser.parse_args(argv)
     if args.quick:
         args.speed_rounds, args.speed_steps = min(args.speed_rounds, 1), min(args.speed_steps, 2)
+    if args.speed_only is not None:
+        speed = interleaved_throughput(args.models.split(","), steps=args.speed_steps, rounds=args.speed_rounds,
+                                       threads=args.threads)
+        speed.update(command=" ".join([Path(sys.executable).name, "-m", "srr.bench.bench_lm", *(argv or sys.argv[1:])]),
+                     commit=_commit(), machine=_machine(args.threads))
+        args.speed_only.parent.mkdir(parents=True, exist_ok=True)
+        args.speed_only.write_text(json.dumps(speed, indent=2) + "\n")
+        print(json.dumps(speed["tokens_per_s"], indent=2))
+        return speed
     temporary = None
     if args.quick:
         args.max_iters, args.eval_every, args.eval_iters = 20, 10, 2
@@ -221,10 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
                                            eval_iters=args.eval_iters, threads=args.threads,
                                            log=lambda m: print(m, flush=True), dataset=dataset)
         save()  # after each model: a stopped benchmark keeps what it measured
-    if args.speed_rounds:
-        print("interleaved tokens/s ...", flush=True)
-        speed = interleaved_throughput(list(result["models"]), steps=args.speed_steps, rounds=args.speed_rounds,
-                                       threads=args.threads)
+    if args.speed_from is not None or args.speed_rounds:
+        if args.speed_from is not None:
+            speed = json.loads(args.speed_from.read_text())
+            speed["file"] = str(args.speed_from)
+        else:
+            print("interleaved tokens/s ...", flush=True)
+            speed = interleaved_throughput(list(result["models"]), steps=args.speed_steps, rounds=args.speed_rounds,
+                                           threads=args.threads)
         result["throughput_interleaved"] = speed
         for name, rate in speed["tokens_per_s"].items():
             result["models"][name]["tokens_per_s_interleaved"] = rate
