@@ -13,7 +13,7 @@ def recipes_command(
     name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Show one recipe in full.")] = None,
 ) -> None:
     """The recipes of ``srr train --recipe NAME``: what each sets and where its values come from."""
-    from srr.train.recipes import RECIPES, recipe_settings, skipped_settings
+    from srr.train.recipes import RECIPES, recipe_settings
 
     if name is not None and name not in RECIPES:
         raise fail(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}", USAGE)
@@ -27,8 +27,5 @@ def recipes_command(
         if name is not None and recipe.name != name:
             continue
         settings = ", ".join(f"{k}={v}" for k, v in recipe_settings(recipe.name).items())
-        skipped = skipped_settings(recipe.name)
-        if skipped:
-            settings += " [dim](not in this build: " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + ")[/dim]"
         table.add_row(f"[bold]{recipe.name}[/bold]\n{recipe.summary}", settings, recipe.source)
     console.print(table)

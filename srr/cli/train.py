@@ -32,19 +32,6 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
         raise fail(f"unknown variant {variant!r}; valid variants: {', '.join(list_variants())}", USAGE)
 
 
-def with_recipe(options, name: str, given: set[str], console):
-    """``options`` with recipe ``name``'s settings for every option not given on the command line; the
-    recipe's settings of fields this build lacks are named on the console, never silently claimed."""
-    from srr.train.recipes import apply_recipe, skipped_settings
-
-    config = apply_recipe(options, name, explicit=given)
-    skipped = skipped_settings(name)
-    if skipped and console is not None:
-        listed = ", ".join(f"{k}={v}" for k, v in skipped.items())
-        console.print(f"recipe {name}: not applied (this build has no such options): {listed}", highlight=False)
-    return config
-
-
 def lm_summary_table(result) -> Table:
     """The table of a language-model run (srr/train/lm_loop.py)."""
     table = Table(title=f"srr train: {result.config.model} on {result.config.dataset}", show_header=True,
@@ -154,6 +141,7 @@ def train(
 ) -> None:
     """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~20 s on 2 CPU cores."""
     from srr.train import train as run_training
+    from srr.train.recipes import apply_recipe
     from srr.train.resume import resumed_config
 
     from .checkpoints import check_data_dir, check_out_folder, check_weights
@@ -168,7 +156,7 @@ def train(
         config_values["init_from"] = check_weights(config_values["init_from"], "--init-from")
         options = TrainConfig(**{**config_values, "resume": False})
         if recipe is not None and not resume:  # the recipe fills every option not typed
-            options = with_recipe(options, recipe, given_fields(ctx), console)
+            options = apply_recipe(options, recipe, explicit=given_fields(ctx))
             check_names(model=options.model, dataset=options.dataset, variant=options.variant)
         if resume:
             if out is None:

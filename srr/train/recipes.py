@@ -8,9 +8,7 @@ of every field, so a run says both where its settings came from and what they we
 Each recipe cites its source; a value the source does not give is named in the source text as "not
 found" and left at ``srr``'s default. Every setting is a ``TrainConfig`` field (the data pipeline's
 ``train_crop``, ``randaugment``, ``random_erasing``, ``mixup``, ``cutmix``, ``repeated_aug`` and the model's
-``drop_path`` included), so a run applies all of them; :func:`skipped_settings` (always empty for the
-recipes here) would name any that a ``TrainConfig`` lacked, so a run never silently claims a setting it
-does not apply.
+``drop_path`` included; ``tests/test_recipes.py`` checks it), so a run applies every setting it claims.
 """
 from __future__ import annotations
 
@@ -103,15 +101,7 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_settings(name: str) -> dict:
     """The ``TrainConfig`` fields recipe ``name`` sets."""
-    fields = set(TrainConfig.field_names())
-    return {k: v for k, v in get_recipe(name).settings.items() if k in fields}
-
-
-def skipped_settings(name: str) -> dict:
-    """The recipe's settings of fields this ``TrainConfig`` does not have (not applied; empty for every recipe
-    of :data:`RECIPES`, which the tests check)."""
-    fields = set(TrainConfig.field_names())
-    return {k: v for k, v in get_recipe(name).settings.items() if k not in fields}
+    return dict(get_recipe(name).settings)
 
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
