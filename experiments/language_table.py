@@ -27,6 +27,18 @@ def bench_table(path: Path = RESULTS / "bench_lm.json") -> str:
     return "\n".join(lines)
 
 
+def round_ratios(path: Path = RESULTS / "throughput_interleaved.json", baseline: str = "gpt_lm_nano") -> dict:
+    """Each model's tokens/s over the baseline's: the median of the rates' ratio, and the median of the ratios
+    within each round (adjacent in time, so under the same load)."""
+    import statistics
+
+    data = json.loads(path.read_text())
+    rates, rounds = data["tokens_per_s"], data["rounds_tokens_per_s"]
+    return {name: {"median_rates_ratio": rates[name] / rates[baseline],
+                   "median_round_ratio": statistics.median(a / b for a, b in zip(rounds[name], rounds[baseline])),
+                   "round_ratios": [a / b for a, b in zip(rounds[name], rounds[baseline])]} for name in rates}
+
+
 def layers_table(path: Path = RESULTS / "crate_lm_layers.json") -> str:
     data = json.loads(path.read_text())
     lines = ["| layer | raw R^c: LN₁Z^ℓ → LN₁Z^{ℓ+½} | unit-normalised R^c | sparsity of Z^{ℓ+1} | at init: raw, unit, "
@@ -41,5 +53,9 @@ def layers_table(path: Path = RESULTS / "crate_lm_layers.json") -> str:
 
 if __name__ == "__main__":
     print(bench_table())
+    print()
+    for name, r in round_ratios().items():
+        print(f"{name}: {r['median_rates_ratio']:.2f}x (median rates), {r['median_round_ratio']:.2f}x (median round "
+              f"ratio), rounds {', '.join(f'{x:.2f}' for x in r['round_ratios'])}")
     print()
     print(layers_table())
