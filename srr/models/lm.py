@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from srr._checks import check_choice, check_eps, check_int, check_lam, check_number, check_positive
 from srr._config import ConfigBase
-from srr.layers import ISTA
+from srr.layers import ISTA, CausalExactCompression, CausalMSSA, CausalTSSA
 from srr.models.blocks import LayerTokens
 from srr.models.registry import register_model
 
@@ -150,17 +150,13 @@ def _attention(cfg: LMConfig) -> nn.Module:
     """The first half-step's layer (it returns the update the block adds)."""
     if cfg.variant == "gpt":
         return SelfAttention(cfg.dim, heads=cfg.heads, dropout=cfg.dropout, bias=cfg.bias)
-    from srr.layers import causal
-
     if cfg.variant == "crate":
-        return causal.CausalMSSA(cfg.dim, heads=cfg.heads, dropout=cfg.dropout)
+        return CausalMSSA(cfg.dim, heads=cfg.heads, dropout=cfg.dropout)  # c_proj with a bias, c_attn without (E15)
     if cfg.variant == "crate_exact":
-        return causal.CausalExactCompression(cfg.dim, heads=cfg.heads, eps=cfg.eps,
-                                             step_size=cfg.compression_step_size)
+        return CausalExactCompression(cfg.dim, heads=cfg.heads, eps=cfg.eps, step_size=cfg.compression_step_size)
     if cfg.variant == "tost":
-        return causal.CausalTSSA(cfg.dim, heads=cfg.heads, block_size=cfg.context, bias=cfg.bias,
-                                 dropout=cfg.dropout)
-    from srr.derivation import derive
+        return CausalTSSA(cfg.dim, heads=cfg.heads, block_size=cfg.context, bias=cfg.bias, dropout=cfg.dropout)
+    from srr.derivation import derive  # derived layers: as srr/models/variants.py, imported when built
     from srr.objective import CausalCompressedCodingRate
 
     return _Derived(derive(CausalCompressedCodingRate(eps=cfg.eps), step_size=cfg.compression_step_size,
