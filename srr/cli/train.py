@@ -139,7 +139,8 @@ def train(
         help="Progress bar and per-epoch lines.",
         rich_help_panel="Run control")] = True,
 ) -> None:
-    """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~20 s on 2 CPU cores."""
+    """Train a CRATE model; default: crate_nano on the bundled digits data, SRR-regularised, ~20 s on 2 CPU cores.
+    On a text dataset (shakespeare-char, text, textfile), a causal language model: docs/guide-language.md."""
     from srr.train import train as run_training
     from srr.train.recipes import apply_recipe
     from srr.train.resume import resumed_config
