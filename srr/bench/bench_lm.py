@@ -243,8 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
             speed = interleaved_throughput(list(result["models"]), steps=args.speed_steps, rounds=args.speed_rounds,
                                            threads=args.threads)
         result["throughput_interleaved"] = speed
+        rounds = speed.get("rounds_tokens_per_s", {})
         for name, rate in speed["tokens_per_s"].items():
-            result["models"][name]["tokens_per_s_interleaved"] = rate
+            if name in result["models"]:
+                result["models"][name]["tokens_per_s_interleaved"] = rate
+                if BASELINE in rounds and name in rounds:  # each round's ratio: the two timed under one load
+                    result["models"][name]["tokens_per_s_round_ratios"] = [
+                        a / b for a, b in zip(rounds[name], rounds[BASELINE])]
     save()
     met = [n for n in ("tost_lm_nano", "crate_lm_nano") if result["comparison"].get(n, {}).get("goal_met")]
     result["goal_met"] = bool(met)
