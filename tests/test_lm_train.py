@@ -152,3 +152,16 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert len(rows) == 2 and all(r["world_size"] == 2 for r in rows)
     for a, b in zip(rows, single.metrics):
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-4 and abs(a["train_loss"] - b["train_loss"]) < 1e-4
+
+
+def test_context_shorter_than_the_models_trains_and_a_longer_one_is_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefghij klmnop qrstuv wxyz\n" * 40)
+    common = dict(dataset="text", data_dir=str(path), model="gpt_lm_nano", max_iters=2, eval_every=2, eval_iters=1,
+                  batch_size=2, threads=1, device="cpu")
+    result = train(TrainConfig(out=str(tmp_path / "short"), context=16, **common))
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    assert result.global_step == 2 and config["resolved"]["context"] == 16
+    assert config["resolved"]["tokens_per_step"] == 2 * 16
+    with pytest.raises(ValueError, match="--context 65 exceeds the context of gpt_lm_nano"):
+        train(TrainConfig(out=str(tmp_path / "long"), context=65, **common))
