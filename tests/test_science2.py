@@ -262,3 +262,12 @@ def test_statistics_of_a_grid_in_progress():
     assert stats[("width 128, seed 0", "srr")] == pytest.approx(1.0)
     assert ("width 64, both seeds", "srr") in stats and ("width 128, both seeds", "srr") not in stats
     assert not [k for k in stats if k[0] == "width 128, seed 1"]
+
+
+@CIFAR
+@pytest.mark.slow
+def test_tau_eps_quick_mode(tmp_path):
+    payload = tau_eps.main(["--quick", "--out", str(tmp_path)])
+    assert payload["quick"] is True and payload["models_with_eigenvalues"] >= 2
+    for name in ("tau_eps.csv", "rates_eps.csv", "tau_eps_floor.csv", "tau_eps.png", "tau_eps_summary.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
