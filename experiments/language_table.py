@@ -27,7 +27,7 @@ def bench_table(path: Path = RESULTS / "bench_lm.json") -> str:
     return "\n".join(lines)
 
 
-def round_ratios(path: Path = RESULTS / "throughput_interleaved.json", baseline: str = "gpt_lm_nano") -> dict:
+def round_ratios(path: Path = RESULTS / "throughput_interleaved_quiet.json", baseline: str = "gpt_lm_nano") -> dict:
     """Each model's tokens/s over the baseline's: the median of the rates' ratio, and the median of the ratios
     within each round (adjacent in time, so under the same load)."""
     import statistics
