@@ -86,8 +86,10 @@ def test_measure_prints_the_layer_table_and_writes_plots(trained):
 def test_models_lists_the_registry_and_variants():
     result = run("models")
     assert result.exit_code == 0
-    for name in ("crate_nano", "crate_tiny", "crate_t", "crate_exact"):
+    for name in ("crate_nano", "crate_tiny", "crate_t", "crate_exact", "crate_lm_nano", "tost_lm_small", "gpt_lm_nano"):
         assert name in result.stdout
+    language = run("models", "tost_lm*")
+    assert language.exit_code == 0 and "tost_lm_nano" in language.stdout and "crate_nano" not in language.stdout
     assert_one_line_error(run("models", "no_such_*"), 2, "no registered model matches")  # an unknown name
 
 
