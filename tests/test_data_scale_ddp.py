@@ -1,8 +1,5 @@
 """Under ``torchrun`` (gloo, CPU): each rank's loader draws its own augmentations, and repeated augmentation
 sends the K copies of an image to different ranks of a real process group."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +11,9 @@ WORKER = Path(__file__).with_name("gloo_worker_data.py")
 
 
 def torchrun(n: int, *args: str) -> None:
-    from test_ddp_train import free_port
+    from test_ddp_train import torchrun_script
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_script(WORKER, n, *args)
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@ whatever the world size (1, 2, 3: no padded duplicate counted), and gradient acc
 gradients once per optimiser step (``no_sync`` on the other micro-steps) while giving the weights of one
 process trained on the same global batches."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,13 +17,9 @@ WORKER = Path(__file__).with_name("gloo_worker_optim.py")
 
 
 def torchrun(n: int, *args: str) -> None:
-    from test_ddp_train import free_port
+    from test_ddp_train import torchrun_script
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(WORKER), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_script(WORKER, n, *args)
 
 
 @pytest.fixture(scope="module")

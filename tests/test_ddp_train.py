@@ -26,6 +26,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_script(script, n: int, *args: str, timeout: int = 300) -> None:
+    """Run ``script`` under ``torchrun`` with ``n`` gloo processes on this machine; fail with its stderr."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={n}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     per_rank = 16
     out = tmp_path / "ddp"

@@ -41,7 +41,7 @@ from srr.models import create_model
 
 from . import distributed as D
 from .callbacks import Callback, build_logger
-from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
+from .checkpoint import copy_atomic, save_training_checkpoint
 from .config import TrainConfig
 from .errors import NonFiniteLossError, TrainingInterrupted
 from .evaluate import autocast
@@ -49,7 +49,7 @@ from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_
 from .optim import build_optimizer
 from .plots import _pyplot
 from .report import Reporter
-from .resume import check_resume, resumable_changes
+from .resume import checkpoint_to_resume, resumable_changes
 from .run_dir import RunDir, atomic_write_text, default_run_name
 from .schedule import WarmupCosine
 from .state import capture_rng, restore_rng, seed_everything
@@ -128,7 +128,8 @@ class _LMTrainer:
         self.console = console if env.is_main else None
         root = config.out or str(Path("runs") / default_run_name(config.model, config.dataset))
         self.run_dir = RunDir(Path(D.broadcast_object(env, root)))
-        self.checkpoint = self._check_run_dir()
+        self.checkpoint = checkpoint_to_resume(self.run_dir, config,
+                                               first_checkpoint="reached its first evaluation")
 
         seed_everything(config.seed)  # identical initial weights on every rank
         self.data: TextCorpus = load_text_dataset(config.dataset, data_dir=config.data_dir, download=config.download)
@@ -175,20 +176,6 @@ class _LMTrainer:
         D.barrier(env)
 
     # ----- run folder and resume ------------------------------------------------------------
-    def _check_run_dir(self) -> dict | None:
-        run, config = self.run_dir, self.config
-        if config.resume:
-            if not run.latest.is_file():
-                raise FileNotFoundError(f"--resume found no checkpoint at {run.latest}; the run in {run.root} never "
-                                        f"reached its first evaluation (start it again without --resume)")
-            checkpoint = load_training_checkpoint(run.latest)
-            check_resume(checkpoint["extra"].get("train_config", {}), config)
-            return checkpoint
-        if run.latest.exists():
-            raise ValueError(f"run folder {run.root} already holds a run; pass --resume to continue it, "
-                             f"or choose another --out")
-        return None
-
     def _resolved(self) -> dict:
         import platform
 

@@ -54,7 +54,7 @@ from srr.models import create_model
 
 from . import distributed as D
 from .callbacks import Callback, default_callbacks
-from .checkpoint import copy_atomic, load_training_checkpoint, save_training_checkpoint
+from .checkpoint import copy_atomic, save_training_checkpoint
 from .config import TrainConfig
 from .data import RunData, TrainBatches, batch_mix, load_run_data
 from .ema import ModelEMA
@@ -65,7 +65,7 @@ from .guards import StopRequest, cpu_threads, deterministic_algorithms, stop_on_
 from .optim import build_optimizer, build_schedule, resolve_grad_accum, scaled_lr, warmup_note
 from .plots import plot_curves
 from .report import Reporter
-from .resume import RESUMABLE, RUN_CONTROL, check_resume, resumable_changes  # noqa: F401 (re-exported)
+from .resume import RESUMABLE, RUN_CONTROL, check_resume, checkpoint_to_resume, resumable_changes  # noqa: F401 (re-exported)
 from .run_dir import RunDir, default_run_name
 from .sharded_checkpoint import load_sharded, prune_sharded, save_sharded
 from .srr_terms import build_regularizer
@@ -174,7 +174,7 @@ class _Trainer:
         self.console = console if env.is_main else None
         root = config.out or str(Path("runs") / default_run_name(config.model, config.dataset))
         self.run_dir = RunDir(Path(D.broadcast_object(env, root)))
-        self.checkpoint = self._check_run_dir()
+        self.checkpoint = checkpoint_to_resume(self.run_dir, config, first_checkpoint="finished an epoch")
 
         seed_everything(config.seed)  # identical data and initial weights on every rank
         self.data: RunData = load_run_data(config)
@@ -240,23 +240,6 @@ class _Trainer:
         D.barrier(env)
 
     # ----- run folder and resume ------------------------------------------------------------
-    def _check_run_dir(self) -> dict | None:
-        run, config = self.run_dir, self.config
-        if config.resume:
-            if not run.root.is_dir():
-                raise FileNotFoundError(f"--resume needs an existing run folder, but {run.root} does not exist; "
-                                        f"pass the --out of the run to continue")
-            if not run.latest.is_file():
-                raise FileNotFoundError(f"--resume found no checkpoint at {run.latest}; the run in {run.root} "
-                                        f"never finished an epoch (start it again without --resume)")
-            checkpoint = load_training_checkpoint(run.latest)
-            check_resume(checkpoint["extra"].get("train_config", {}), config)
-            return checkpoint
-        if run.latest.exists():
-            raise ValueError(f"run folder {run.root} already holds a run; pass --resume to continue it, "
-                             f"or choose another --out")
-        return None
-
     def _resolved(self) -> dict:
         """What the run's options resolved to (``config.json`` → ``"resolved"``, a record only)."""
         import platform

@@ -12,6 +12,7 @@ Any other field that differs is refused, naming the option and both values.
 """
 from __future__ import annotations
 
+from .checkpoint import load_training_checkpoint
 from .config import TrainConfig, option_name
 
 RUN_CONTROL = frozenset({"out", "resume", "device", "num_workers", "compile", "threads"})
@@ -57,3 +58,24 @@ def resumed_config(saved: TrainConfig, call: TrainConfig, given: set[str] | froz
     config = saved.replace(**control, **changes)
     check_resume(saved.to_dict(), config)
     return config.replace(resume=True)
+
+
+def checkpoint_to_resume(run, config: TrainConfig, *, first_checkpoint: str) -> dict | None:
+    """The checkpoint ``config.resume`` continues from the run folder ``run`` (a :class:`RunDir`), checked
+    against the rule above; None for a new run. A new run refuses a folder that holds one; ``--resume``
+    refuses a folder without a checkpoint, saying the run never reached ``first_checkpoint`` (what writes
+    the first one: "finished an epoch", "reached its first evaluation")."""
+    if config.resume:
+        if not run.root.is_dir():
+            raise FileNotFoundError(f"--resume needs an existing run folder, but {run.root} does not exist; "
+                                    f"pass the --out of the run to continue")
+        if not run.latest.is_file():
+            raise FileNotFoundError(f"--resume found no checkpoint at {run.latest}; the run in {run.root} "
+                                    f"never {first_checkpoint} (start it again without --resume)")
+        checkpoint = load_training_checkpoint(run.latest)
+        check_resume(checkpoint["extra"].get("train_config", {}), config)
+        return checkpoint
+    if run.latest.exists():
+        raise ValueError(f"run folder {run.root} already holds a run; pass --resume to continue it, "
+                         f"or choose another --out")
+    return None
