@@ -32,12 +32,17 @@ def check_names(*, model: str, dataset: str, variant: str | None) -> None:
         raise fail(f"unknown variant {variant!r}; valid variants: {', '.join(list_variants())}", USAGE)
 
 
-def lm_summary_table(result) -> Table:
-    """The table of a language-model run (srr/train/lm_loop.py)."""
-    table = Table(title=f"srr train: {result.config.model} on {result.config.dataset}", show_header=True,
-                  header_style="bold")
+def _metric_table(config) -> Table:
+    """An empty two-column (metric, value) table titled with the run's model and data set."""
+    table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
     table.add_column("metric", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
+    return table
+
+
+def lm_summary_table(result) -> Table:
+    """The table of a language-model run (srr/train/lm_loop.py)."""
+    table = _metric_table(result.config)
     table.add_row("val loss (nats per token)", f"{result.val_loss:.4f}")
     table.add_row("train loss", f"{result.train_loss:.4f}")
     if result.best_val_loss is not None:
@@ -55,10 +60,7 @@ def summary_table(result) -> Table:
 
     if isinstance(result, LMRunResult):
         return lm_summary_table(result)
-    config = result.config
-    table = Table(title=f"srr train: {config.model} on {config.dataset}", show_header=True, header_style="bold")
-    table.add_column("metric", no_wrap=True)
-    table.add_column("value", justify="right", no_wrap=True)
+    table = _metric_table(result.config)
     table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
     table.add_row("test loss", f"{result.test_loss:.4f}")
     if result.test_accuracy_ema is not None:
