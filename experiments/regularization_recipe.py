@@ -220,7 +220,8 @@ class _Probe(Callback):
 
     def on_epoch_end(self, trainer, row: dict) -> None:
         out = self._row(trainer, int(row["epoch"]))
-        out.update({k: row.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr") if k in row})
+        out.update({k: row.get(k) for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+                    if k in row})
         self._append(out)
 
 
