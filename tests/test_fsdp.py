@@ -62,7 +62,7 @@ def _full(model, optimizer) -> dict:
     return copy.deepcopy({"model": model_state, "optimizer": optimizer_state["state"]})
 
 
-# ----- the workers (forked: the children start with torch imported) -------------------------
+# ----- the workers (spawned processes; each imports this module) -------------------------------------
 def _regularizer_task(env: DistEnv, out: Path) -> None:
     x, y = _batch(0)
     part = _local(env.world_size, env.rank)
@@ -129,8 +129,9 @@ def _free_port() -> int:
 
 
 def _launch(world: int, task: str, out: Path) -> None:
+    # spawn, not fork: a forked child cannot run autograd once the parent has (earlier tests in one pytest run)
     mp.start_processes(_worker, args=(world, _free_port(), task, str(out)), nprocs=world, join=True,
-                       start_method="fork")
+                       start_method="spawn")
 
 
 # ----- the regulariser ------------------------------------------------------------------------

@@ -213,7 +213,7 @@ class _Crash(Callback):
 def test_an_fsdp_run_crashed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     """Dropout and augmentation on: the sharded state, every RNG and the data position come back exactly."""
     config = dict(COMMON, epochs=2, batch_size=32, dropout=0.1, augment=True, measure_samples=0, checkpoint_every=3,
-                  fsdp=True)  # 4 steps per epoch: the checkpoint at step 3 is mid-epoch
+                  fsdp=True, log_every=1)  # 4 steps per epoch: the checkpoint at step 3 is mid-epoch; hooks each step
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **config), defaults=False)
     out = tmp_path / "crashed"
     with pytest.raises(RuntimeError, match="crash"):
