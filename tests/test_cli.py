@@ -138,6 +138,7 @@ def test_imagefolder_wiring(tmp_path):
     ("bench", ["--quick"]),
     ("attention", ["RUN_OR_CHECKPOINT", "--layer", "--images"]),
     ("recipes", ["NAME"]),
+    ("sample", ["RUN", "--prompt", "--tokens", "--temperature", "--top-k", "--seed"]),
 ])
 def test_help_texts(command, options):
     result = run(command, "--help")
@@ -165,7 +166,7 @@ def test_model_eps_reaches_the_model_and_is_recorded_in_the_run_config():
 
 def test_top_level_help_lists_every_command():
     commands = [c.name for c in app.registered_commands]  # every command, read from the app itself
-    assert set(commands) == {"train", "eval", "measure", "derive", "models", "bench", "attention", "recipes"}
+    assert set(commands) == {"train", "eval", "measure", "derive", "models", "bench", "attention", "recipes", "sample"}
     result = run("--help")
     for command in commands:
         assert command in result.stdout

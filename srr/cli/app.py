@@ -20,6 +20,7 @@ from .evaluate import eval_command
 from .measure import measure_command
 from .models import models_command
 from .recipes import recipes_command
+from .sample import sample_command
 from .train import train
 
 
@@ -94,6 +95,7 @@ app.command("models")(models_command)
 app.command("recipes")(recipes_command)
 app.command("bench")(bench_command)
 app.command("attention")(attention_command)
+app.command("sample")(sample_command)
 
 
 class _NoteHandler(logging.Handler):
