@@ -6,9 +6,8 @@ Per parameter ``p`` with gradient ``g`` and momentum ``m`` (zero at the start), 
     p ← p − lr · (sign(β₁·m + (1 − β₁)·g) + wd · p)        (decoupled decay, as AdamW's)
     m ← β₂·m + (1 − β₂)·g
 
-Why our own and not ``timm.optim.Lion``: timm is an optional extra of ``srr`` (``bench``), not a core
-dependency, and the rule is five lines; a run whose update depended on whether timm happens to be
-installed could not resume exactly in the other environment. ``tests/test_optim.py`` checks this
+Why our own and not ``timm.optim.Lion``: the rule is five lines, and a run's update must not change with
+the installed timm version (exact resume across environments). ``tests/test_optim.py`` checks this
 implementation against the rule above in float64 and against ``timm.optim.Lion`` where timm is installed.
 """
 from __future__ import annotations
