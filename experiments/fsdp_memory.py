@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for world in worlds:
             mp.start_processes(_worker, args=(world, _free_port(), model_name, tmp), nprocs=world, join=True,
-                               start_method="fork")
+                               start_method="spawn")  # a forked child cannot run autograd once the parent has
             ranks = [torch.load(Path(tmp) / f"row-{world}-{r}.pt") for r in range(world)]
             largest = max(ranks, key=lambda r: r["parameters"])
             per_rank = largest["parameters"] + largest["gradients"] + largest["adamw_state"]
