@@ -11,8 +11,8 @@ weighs roughly the last ``t^(2/3)`` of them, so early weights, far from the opti
 Integer buffers are copied. The copy is evaluated beside the raw weights and checkpointed with them.
 
 Why our own and not a thin adapter of ``timm.utils.ModelEmaV3``: this rule is a few lines, and checkpoints
-must not depend on timm's state-dict layout across its versions; ``tests/test_optim.py`` checks it against the formula in float64 and
-against ``ModelEmaV3`` where timm is installed.
+must not depend on timm's state-dict layout across its versions; ``tests/test_optim.py`` checks it against
+the formula in float64 and against ``ModelEmaV3``.
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ from .report import Reporter
 from .resume import checkpoint_to_resume, resumable_changes
 from .run_dir import RunDir, atomic_write_text, default_run_name
 from .schedule import WarmupCosine
-from .state import capture_rng, restore_rng, seed_everything
+from .state import capture_rng, restore_rank_rng, seed_everything
 
 EVAL_SEED = 0  # the evaluation blocks: the same for every run, whatever its --seed
 SAMPLE_TOKENS = 200  # length of sample.txt
@@ -207,11 +207,8 @@ class _LMTrainer:
         self.global_step, self.train_s = int(progress["global_step"]), float(progress["train_s"])
         self.best_val, self.best_step = progress.get("best_val_loss"), progress.get("best_step")
         self.running = torch.tensor(progress["running"], dtype=torch.float64, device=self.env.device)
-        rng = extra["rng"]
-        if len(rng) == self.env.world_size:
-            restore_rng(rng[self.env.rank])
-        else:  # a new world size: fresh but reproducible draws
-            seed_everything(self.config.seed + self.env.rank + 1000 * self.global_step)
+        restore_rank_rng(extra["rng"], rank=self.env.rank, world_size=self.env.world_size, seed=self.config.seed,
+                         step=self.global_step)
         if self.env.is_main:
             self.rows = [r for r in self.run_dir.read_metrics() if r.get("step", 0) <= self.global_step]
             atomic_write_text(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in self.rows))

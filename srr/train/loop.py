@@ -69,7 +69,7 @@ from .resume import RESUMABLE, RUN_CONTROL, check_resume, checkpoint_to_resume, 
 from .run_dir import RunDir, default_run_name
 from .sharded_checkpoint import load_sharded, prune_sharded, save_sharded
 from .srr_terms import build_regularizer
-from .state import capture_rng, restore_rng, seed_everything
+from .state import capture_rng, restore_rank_rng, seed_everything
 
 EVAL_BATCH = 512
 
@@ -297,11 +297,8 @@ class _Trainer:
         if saved_world != self.env.world_size and self.batch_in_epoch:
             raise ValueError(f"the checkpoint was written mid-epoch by {saved_world} process(es); resume it with "
                              f"the same number of processes, got {self.env.world_size}")
-        rng = extra["rng"]
-        if len(rng) == self.env.world_size:
-            restore_rng(rng[self.env.rank])
-        else:  # a new world size: fresh but reproducible draws
-            seed_everything(self.config.seed + self.env.rank + 1000 * self.global_step)
+        restore_rank_rng(extra["rng"], rank=self.env.rank, world_size=self.env.world_size, seed=self.config.seed,
+                         step=self.global_step)
         if self.env.is_main:
             complete = self.epoch >= self.config.epochs and not self.batch_in_epoch  # run() changes nothing then
             self.rows = (self.run_dir.read_metrics() if complete

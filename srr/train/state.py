@@ -44,3 +44,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def restore_rank_rng(saved: list[dict], *, rank: int, world_size: int, seed: int, step: int) -> None:
+    """Restore this rank's generators from a checkpoint's per-rank ``saved`` states; at another world size
+    (no state is this rank's) reseed reproducibly from ``(seed, rank, step)`` instead."""
+    if len(saved) == world_size:
+        restore_rng(saved[rank])
+    else:
+        seed_everything(seed + rank + 1000 * step)
